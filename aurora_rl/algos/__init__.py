@@ -1,0 +1,1 @@
+"""aurora_rl.algos."""
