@@ -1,0 +1,99 @@
+"""The draft-policy seam: what speculative decoding needs from any drafter.
+
+A :class:`DraftPolicy` is the learnable thing (weights + a version number). For each
+sequence it opens a :class:`DraftSession`, which owns that sequence's draft-side state
+(usually a KV cache) and is kept in sync with what the target accepted via ``commit``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from aurora_rl.core.sampling import SamplingParams
+
+
+@dataclass
+class Proposal:
+    """``k`` draft tokens for one sequence.
+
+    Attributes:
+        tokens: ``(k,)`` long proposed token ids.
+        probs: ``(k, V)`` the distribution each token was drawn from (after the sampling
+            transform; one-hot rows for argmax proposals). The rejection rule is lossless
+            only if ``tokens[i] ~ probs[i]``.
+    """
+
+    tokens: torch.Tensor
+    probs: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.tokens.ndim != 1 or self.probs.ndim != 2 or len(self.tokens) != len(self.probs):
+            raise ValueError(
+                f"a proposal needs tokens (k,) and probs (k, V); got {tuple(self.tokens.shape)} "
+                f"and {tuple(self.probs.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def logprobs(self) -> torch.Tensor:
+        """``(k,)`` log-probability of each proposed token under its own distribution."""
+        picked = self.probs.gather(-1, self.tokens[:, None]).squeeze(-1)
+        return picked.clamp_min(1e-30).log()
+
+
+@runtime_checkable
+class DraftSession(Protocol):
+    """Draft-side state of one sequence."""
+
+    def propose(
+        self, k: int, sampling: SamplingParams, generator: torch.Generator | None
+    ) -> Proposal:
+        """Propose ``k`` tokens continuing the sequence as committed so far."""
+        ...
+
+    def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
+        """Record the verdict on the last proposal.
+
+        The sequence grows by the first ``num_accepted`` proposed tokens and then
+        ``next_token``. ``target_hidden`` holds the target's features ``(num_accepted + 1, D)``
+        at the positions it just verified and kept (or None when the target records none).
+        """
+        ...
+
+
+@runtime_checkable
+class DraftPolicy(Protocol):
+    """A drafter: proposes tokens for speculative decoding.
+
+    Attributes:
+        version: the published weight version; every trace names the version that made it.
+        vocab_size: the size of the distributions it proposes from (must equal the target's).
+        uses_target_features: True if sessions need the target's hidden states.
+    """
+
+    version: int
+    vocab_size: int
+    uses_target_features: bool
+
+    def start(self, context_ids: torch.Tensor, target_hidden: torch.Tensor | None) -> DraftSession:
+        """Open a session on ``context_ids`` ``(L,)``.
+
+        The target has already processed ``context_ids[:-1]``; ``target_hidden`` holds its
+        features for those ``L - 1`` positions (None unless ``uses_target_features``).
+        """
+        ...
+
+
+def check_vocab_compatible(draft_vocab: int, target_vocab: int) -> None:
+    """Refuse a drafter whose distributions cannot be compared with the target's."""
+    if draft_vocab != target_vocab:
+        raise ValueError(
+            f"draft vocabulary size {draft_vocab} does not match target vocabulary size "
+            f"{target_vocab}: the draft must share the target's tokenizer and output "
+            "embedding size (build the drafter from the target's tokenizer/config)"
+        )

@@ -1,0 +1,133 @@
+"""Whole-request decoding on top of ``speculate_step``: speculative or target-only."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+from aurora_rl.core.draft import DraftPolicy, check_vocab_compatible
+from aurora_rl.core.spec import DecodeConfig, DecodeState, speculate_step, start_decode
+from aurora_rl.core.target import Target
+from aurora_rl.core.trace import Trace
+
+
+@dataclass
+class Generation:
+    """The result of decoding one request.
+
+    Attributes:
+        prompt_ids: ``(P,)`` the prompt.
+        tokens: ``(m,)`` generated tokens (EOS included when it ended the request).
+        traces: one trace per verify step (empty if not kept).
+        num_steps: verify steps (target forward passes after the prefill).
+        accepted: draft tokens the target accepted, summed over steps.
+        finish_reason: "eos" or "length".
+        seconds: wall-clock time of the decode, prefill included.
+    """
+
+    prompt_ids: torch.Tensor
+    tokens: torch.Tensor
+    traces: list[Trace] = field(default_factory=list)
+    num_steps: int = 0
+    accepted: int = 0
+    finish_reason: str = ""
+    seconds: float = 0.0
+
+    @property
+    def accepted_length(self) -> float:
+        """Tokens emitted per verify step (tau): accepted proposals + the target's token."""
+        return len(self.tokens) / max(self.num_steps, 1)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.tokens) / max(self.seconds, 1e-9)
+
+
+class SpeculativeDecoder:
+    """A target and a draft policy, checked to be compatible, decoding requests.
+
+    Args:
+        target: the verifier.
+        policy: the drafter, or a zero-argument callable returning the *current* drafter
+            (serving passes one so a newly published version takes over between steps).
+            None decodes with the target alone through the same code path.
+        config: lookahead, sampling rule, trace options.
+        eos_token_ids: tokens that end a request.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        policy: DraftPolicy | Callable[[], DraftPolicy] | None,
+        config: DecodeConfig = DecodeConfig(),
+        eos_token_ids: Iterable[int] = (),
+    ) -> None:
+        self.target = target
+        self.config = config
+        self.eos_token_ids = tuple(eos_token_ids)
+        self._policy = policy
+        current = self.current_policy()
+        if current is not None:
+            check_vocab_compatible(current.vocab_size, target.vocab_size)
+            if current.uses_target_features and not target.hidden_layers:
+                raise ValueError(
+                    "the drafter reads the target's hidden states but the Target records none; "
+                    "build it with Target(model, hidden_layers=...) as the drafter expects"
+                )
+
+    def current_policy(self) -> DraftPolicy | None:
+        if self._policy is None or isinstance(self._policy, DraftPolicy):
+            return self._policy
+        return self._policy()
+
+    def start(
+        self, prompt_ids, max_new_tokens: int, request_id: str = "", domain: str = ""
+    ) -> DecodeState:
+        return start_decode(
+            self.target,
+            prompt_ids,
+            max_new_tokens,
+            self.eos_token_ids,
+            max_k=self.config.k,
+            request_id=request_id,
+            domain=domain,
+        )
+
+    def step(self, state: DecodeState, generator: torch.Generator | None = None) -> Trace:
+        """One verify step with whichever draft version is current right now."""
+        return speculate_step(self.current_policy(), self.target, state, self.config, generator)
+
+    def generate(
+        self,
+        prompt_ids,
+        max_new_tokens: int,
+        generator: torch.Generator | None = None,
+        request_id: str = "",
+        domain: str = "",
+        keep_traces: bool = True,
+        on_trace: Callable[[Trace], None] | None = None,
+    ) -> Generation:
+        """Decode one request to EOS or ``max_new_tokens``."""
+        began = time.perf_counter()
+        state = self.start(prompt_ids, max_new_tokens, request_id, domain)
+        traces: list[Trace] = []
+        accepted = 0
+        while not state.finished:
+            trace = self.step(state, generator)
+            accepted += trace.num_accepted
+            if keep_traces:
+                traces.append(trace)
+            if on_trace is not None:
+                on_trace(trace)
+        return Generation(
+            prompt_ids=state.tokens[: state.prompt_len].clone(),
+            tokens=state.generated.clone(),
+            traces=traces,
+            num_steps=state.steps,
+            accepted=accepted,
+            finish_reason=state.finish_reason or "",
+            seconds=time.perf_counter() - began,
+        )

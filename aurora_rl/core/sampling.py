@@ -1,0 +1,70 @@
+"""Decoding parameters and the one logits -> probabilities transform.
+
+Speculative sampling is lossless only if the draft distribution ``q`` and the target
+distribution ``p`` are shaped by *exactly* the same temperature / top-k / top-p transform.
+Both sides therefore call :func:`probs_from_logits` with the same :class:`SamplingParams`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How tokens are chosen from the target's distribution.
+
+    Attributes:
+        temperature: 0 means greedy (argmax); > 0 divides the logits before softmax.
+        top_k: keep only the ``top_k`` most likely tokens (0 disables).
+        top_p: keep the smallest set of most likely tokens whose mass reaches ``top_p``
+            (1.0 disables).
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0.0:
+            raise ValueError(
+                f"temperature must be >= 0 (0 = greedy), got {self.temperature}"
+            )
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+GREEDY = SamplingParams()
+
+
+def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Turn raw logits ``(..., V)`` into the distribution decoding samples from ``(..., V)``.
+
+    Greedy returns the one-hot argmax (the zero-temperature limit), so callers can treat
+    both modes uniformly. Computed in float32 whatever the model dtype.
+    """
+    logits = logits.float()
+    if params.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    logits = logits / params.temperature
+    if params.top_k > 0 and params.top_k < logits.shape[-1]:
+        kth_value = logits.topk(params.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth_value, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(-1)
+        # Drop a token when the mass strictly before it already reaches top_p; the most
+        # likely token always survives.
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        drop_sorted = mass_before >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.softmax(-1)

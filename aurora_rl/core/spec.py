@@ -1,0 +1,315 @@
+"""The one decode primitive: ``speculate_step``.
+
+Invariant of a :class:`DecodeState` between steps: the target's KV cache covers
+``tokens[:length - 1]``; the last token is *pending* (emitted but not yet fed to the
+target). A step feeds ``[pending] + proposals`` to the target in one forward pass, which
+scores every proposal and the bonus position at once, decides the accepted prefix, appends
+it plus the target's own token, and rolls the cache back to the kept tokens.
+
+The Gym env, the offline collector and the serving engine all decode through this file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+
+from aurora_rl.core.acceptance import Verdict, greedy_verdict, rejection_verdict
+from aurora_rl.core.draft import DraftPolicy, DraftSession, Proposal
+from aurora_rl.core.sampling import GREEDY, SamplingParams, probs_from_logits
+from aurora_rl.core.target import Target
+from aurora_rl.core.trace import Trace, store_probs
+
+
+@dataclass
+class DecodeState:
+    """One sequence being decoded.
+
+    Attributes:
+        tokens: ``(capacity,)`` long buffer; ``tokens[:length]`` is prompt + generated.
+            Traces hold views of it, so entries below ``length`` are never rewritten.
+        length: number of valid tokens.
+        prompt_len: number of prompt tokens.
+        max_new_tokens: the token budget of this request.
+        target_cache: the target's KV cache (covers ``tokens[:length - 1]``).
+        features: ``(capacity, D)`` target hidden states for positions ``< length - 1``, or
+            None when the target records no features.
+        session: the draft session in sync with this sequence, and ``session_version`` the
+            policy version that opened it (a new version opens a new session).
+    """
+
+    request_id: str
+    domain: str
+    tokens: torch.Tensor
+    length: int
+    prompt_len: int
+    max_new_tokens: int
+    eos_token_ids: frozenset[int]
+    target_cache: object
+    features: torch.Tensor | None = None
+    session: DraftSession | None = None
+    session_version: int | None = None
+    steps: int = 0
+    finish_reason: str | None = None  # "eos" | "length"
+    created: float = field(default_factory=time.time)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def num_generated(self) -> int:
+        return self.length - self.prompt_len
+
+    @property
+    def remaining(self) -> int:
+        return self.max_new_tokens - self.num_generated
+
+    @property
+    def generated(self) -> torch.Tensor:
+        return self.tokens[self.prompt_len : self.length]
+
+    @property
+    def sequence(self) -> torch.Tensor:
+        return self.tokens[: self.length]
+
+
+def start_decode(
+    target: Target,
+    prompt_ids: Iterable[int] | torch.Tensor,
+    max_new_tokens: int,
+    eos_token_ids: Iterable[int] = (),
+    max_k: int = 0,
+    request_id: str = "",
+    domain: str = "",
+) -> DecodeState:
+    """Prefill the target with all prompt tokens but the last and return the state."""
+    prompt = torch.as_tensor(list(prompt_ids) if not torch.is_tensor(prompt_ids) else prompt_ids)
+    prompt = prompt.to(torch.long).reshape(-1).cpu()
+    if prompt.numel() == 0:
+        raise ValueError("the prompt is empty: give at least one token (e.g. the BOS token)")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    total = prompt.numel() + max_new_tokens
+    if total > target.max_positions:
+        raise ValueError(
+            f"prompt of {prompt.numel()} tokens + max_new_tokens {max_new_tokens} = {total} "
+            f"exceeds the target's context of {target.max_positions} positions; shorten the "
+            "prompt or lower max_new_tokens"
+        )
+    vocab = target.vocab_size
+    if int(prompt.min()) < 0 or int(prompt.max()) >= vocab:
+        raise ValueError(f"prompt token ids must lie in [0, {vocab}), got {prompt.tolist()}")
+    capacity = total + max_k + 1
+    tokens = torch.zeros(capacity, dtype=torch.long)
+    tokens[: prompt.numel()] = prompt
+    cache = target.new_cache()
+    features = None
+    if target.hidden_layers:
+        features = torch.zeros(capacity, target.feature_size, dtype=target.model.dtype)
+    if prompt.numel() > 1:
+        out = target.forward(cache, prompt[:-1])
+        if features is not None:
+            features[: prompt.numel() - 1] = out.hidden
+    return DecodeState(
+        request_id=request_id,
+        domain=domain,
+        tokens=tokens,
+        length=prompt.numel(),
+        prompt_len=prompt.numel(),
+        max_new_tokens=max_new_tokens,
+        eos_token_ids=frozenset(int(t) for t in eos_token_ids),
+        target_cache=cache,
+        features=features,
+    )
+
+
+def sync_session(state: DecodeState, policy: DraftPolicy) -> DraftSession:
+    """Return a draft session for ``state`` opened by ``policy``'s current version.
+
+    This is where a hot-swapped draft takes over an in-flight sequence: between steps,
+    a session opened by an older version is replaced by one of the new version, started
+    from everything the target has kept so far.
+    """
+    if state.session is None or state.session_version != policy.version:
+        hidden = None
+        if policy.uses_target_features:
+            if state.features is None:
+                raise ValueError(
+                    "this drafter reads the target's hidden states, but the target records "
+                    "none: build the Target with hidden_layers=... matching the drafter"
+                )
+            hidden = state.features[: state.length - 1]
+        state.session = policy.start(state.sequence, hidden)
+        state.session_version = policy.version
+    return state.session
+
+
+def _no_proposal(vocab_size: int) -> Proposal:
+    return Proposal(torch.zeros(0, dtype=torch.long), torch.zeros(0, vocab_size))
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How speculative decoding runs.
+
+    Attributes:
+        k: proposals per verify step (the lookahead).
+        sampling: the target's decoding rule (greedy or temperature/top-k/top-p).
+        explore_temperature: when decoding is greedy, let the draft *sample* its proposals
+            at this temperature instead of taking its argmax (still lossless; policy
+            gradient needs it). None = argmax.
+        trace_topk: keep the target's distributions in traces as their top-K entries
+            (None = the full vocabulary).
+    """
+
+    k: int = 4
+    sampling: SamplingParams = GREEDY
+    explore_temperature: float | None = None
+    trace_topk: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k (proposals per step) must be >= 1, got {self.k}")
+        if self.explore_temperature is not None and not self.explore_temperature > 0:
+            raise ValueError(
+                f"explore_temperature must be > 0 or None, got {self.explore_temperature}"
+            )
+        if self.trace_topk is not None and self.trace_topk < 1:
+            raise ValueError(f"trace_topk must be >= 1 or None (full), got {self.trace_topk}")
+
+    @property
+    def draft_sampling(self) -> SamplingParams:
+        """How the draft picks its proposals.
+
+        When the target samples, the draft samples from the identically shaped
+        distribution (the standard lossless recipe). When the target is greedy any
+        proposals are lossless, so the draft takes its argmax, or samples at
+        ``explore_temperature`` when a learning algorithm wants exploration.
+        """
+        if not self.sampling.greedy:
+            return self.sampling
+        if self.explore_temperature:
+            return SamplingParams(temperature=self.explore_temperature)
+        return GREEDY
+
+
+def _judge(
+    target: Target,
+    state: DecodeState,
+    proposal: Proposal,
+    sampling: SamplingParams,
+    generator: torch.Generator | None,
+) -> tuple[Verdict, torch.Tensor, torch.Tensor | None]:
+    """Score ``[pending] + proposal`` in one target pass and decide the verdict.
+
+    Returns the verdict (batch of one), the target's temperature-1 probabilities
+    ``(k + 1, V)`` and its features at the fed positions ``(k + 1, D)`` or None.
+    """
+    pending = state.tokens[state.length - 1 : state.length]
+    out = target.forward(state.target_cache, torch.cat([pending, proposal.tokens]))
+    if sampling.greedy:
+        verdict = greedy_verdict(proposal.tokens[None], out.logits[None])
+    else:
+        shaped = probs_from_logits(out.logits, sampling)
+        verdict = rejection_verdict(
+            proposal.tokens[None], proposal.probs[None], shaped[None], generator
+        )
+    return verdict, out.logits.softmax(-1), out.hidden
+
+
+def verify_step(
+    target: Target,
+    state: DecodeState,
+    proposal: Proposal,
+    config: DecodeConfig,
+    generator: torch.Generator | None = None,
+    draft_version: int = 0,
+    session: DraftSession | None = None,
+) -> Trace:
+    """Verify ``proposal`` on ``state``, advance the state, and return the step's trace.
+
+    The proposal must continue the sequence as it stands and hold at most
+    ``state.remaining - 1`` tokens, so the target's own token always fits the budget.
+    ``session`` (if given) is told the verdict so it stays in sync.
+    """
+    if state.finished:
+        raise RuntimeError(f"request {state.request_id!r} already finished ({state.finish_reason})")
+    k = len(proposal)
+    if k > state.remaining - 1:
+        raise ValueError(
+            f"{k} proposals do not fit the remaining budget of {state.remaining} tokens "
+            f"(at most {state.remaining - 1} proposals plus the target's own token)"
+        )
+    context_len = state.length
+    verdict, target_probs, hidden = _judge(target, state, proposal, config.sampling, generator)
+    num_accepted = int(verdict.num_accepted[0])
+    next_token = int(verdict.next_token[0])
+    emitted = torch.cat([proposal.tokens[:num_accepted], torch.tensor([next_token])])
+    accept_mask = verdict.accept_mask[0].clone()
+
+    eos_hits = [i for i, t in enumerate(emitted.tolist()) if t in state.eos_token_ids]
+    if eos_hits:
+        # Nothing after EOS exists in the target's own output: cut there, and do not
+        # count proposals after an accepted EOS as accepted.
+        emitted = emitted[: eos_hits[0] + 1]
+        num_accepted = min(num_accepted, eos_hits[0] + 1)
+        accept_mask[num_accepted:] = False
+
+    # Keep the target's K/V for [pending] + accepted proposals only.
+    state.target_cache.rollback(context_len + num_accepted)
+    if state.features is not None and hidden is not None:
+        state.features[context_len - 1 : context_len + num_accepted] = hidden[: num_accepted + 1]
+    state.tokens[context_len : context_len + len(emitted)] = emitted
+    state.length += len(emitted)
+    state.steps += 1
+    if eos_hits:
+        state.finish_reason = "eos"
+    elif state.remaining <= 0:
+        state.finish_reason = "length"
+    if session is not None and not state.finished:
+        session.commit(
+            num_accepted, next_token, None if hidden is None else hidden[: num_accepted + 1]
+        )
+
+    return Trace(
+        request_id=state.request_id,
+        domain=state.domain,
+        step=state.steps - 1,
+        draft_version=draft_version,
+        context_ids=state.tokens[:context_len],
+        proposed=proposal.tokens.clone(),
+        draft_logprobs=proposal.logprobs if k else torch.zeros(0),
+        target_probs=store_probs(target_probs, config.trace_topk),
+        accept_mask=accept_mask,
+        emitted=emitted,
+        context_features=None if state.features is None else state.features[:context_len],
+        temperature=config.sampling.temperature,
+        wall_time=time.time(),
+    )
+
+
+def speculate_step(
+    policy: DraftPolicy | None,
+    target: Target,
+    state: DecodeState,
+    config: DecodeConfig,
+    generator: torch.Generator | None = None,
+) -> Trace:
+    """One speculative step: the policy proposes up to ``k`` tokens, the target verifies.
+
+    With ``policy=None`` it is one plain target step (no proposals), which makes
+    target-only decoding run through exactly the same code.
+    """
+    if policy is None:
+        return verify_step(target, state, _no_proposal(target.vocab_size), config, generator)
+    session = sync_session(state, policy)
+    k_step = min(config.k, state.remaining - 1)
+    if k_step > 0:
+        proposal = session.propose(k_step, config.draft_sampling, generator)
+    else:
+        proposal = _no_proposal(policy.vocab_size)
+    return verify_step(target, state, proposal, config, generator, policy.version, session)
