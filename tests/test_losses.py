@@ -309,27 +309,40 @@ def test_accept_discard_weighted_mean_normalisation():
         unlikelihood_by_hand(logits, PROPOSED, 0, 2) + unlikelihood_by_hand(logits, PROPOSED, 2, 0)
     )
     expected = num / (3 + lam * 2)
-    loss = L.accept_discard_loss(logits, p, PROPOSED, ACCEPT, VALID_AD, lam)
+    loss = L.accept_discard_loss(logits, p, PROPOSED, ACCEPT, VALID_AD, lam, discard_term="unlikelihood")
     torch.testing.assert_close(loss, expected)
-    per_pos = L.accept_discard_loss(logits, p, PROPOSED, ACCEPT, VALID_AD, lam, reduction="none")
+    per_pos = L.accept_discard_loss(
+        logits, p, PROPOSED, ACCEPT, VALID_AD, lam, discard_term="unlikelihood", reduction="none"
+    )
     torch.testing.assert_close(per_pos.sum() / (3 + lam * 2), expected)
     assert per_pos[0, 3].item() == 0.0 and per_pos[2, 1].item() == 0.0  # never judged
 
 
-def test_accept_discard_divergence_term_at_lambda_one_is_mean_over_pg_positions():
+def test_accept_discard_divergence_term_weights_every_discarded_position():
+    logits, p, _ = random_inputs(seed=12)
+    lam = 0.5
+    d = L.forward_kl(logits, p, VALID_AD, reduction="none")
+    # accepted: (0,0), (0,1), (1,0); discarded: (0,2), (0,3), (2,0), (2,1)
+    num = d[0, 0] + d[0, 1] + d[1, 0] + lam * (d[0, 2] + d[0, 3] + d[2, 0] + d[2, 1])
+    loss = L.accept_discard_loss(logits, p, PROPOSED, ACCEPT, VALID_AD, lam)
+    torch.testing.assert_close(loss, num / (3 + lam * 4))
+    assert L.discarded_positions(ACCEPT, VALID_AD).sum().item() == 4
+
+
+def test_accept_discard_divergence_term_at_lambda_one_is_plain_distillation():
     logits, p, _ = random_inputs(seed=13)
     loss = L.accept_discard_loss(
         logits, p, PROPOSED, ACCEPT, VALID_AD, 1.0,
         divergence="reverse_kl", discard_term="divergence",
     )
-    torch.testing.assert_close(loss, L.reverse_kl(logits, p, L.pg_positions(ACCEPT, VALID_AD)))
+    torch.testing.assert_close(loss, L.reverse_kl(logits, p, VALID_AD))
 
 
 def test_accept_discard_without_accepted_positions_is_lambda_invariant():
     logits, p, _ = random_inputs(seed=14)
     accept = torch.zeros_like(ACCEPT)
-    a = L.accept_discard_loss(logits, p, PROPOSED, accept, VALID_AD, 0.1)
-    b = L.accept_discard_loss(logits, p, PROPOSED, accept, VALID_AD, 10.0)
+    a = L.accept_discard_loss(logits, p, PROPOSED, accept, VALID_AD, 0.1, discard_term="unlikelihood")
+    b = L.accept_discard_loss(logits, p, PROPOSED, accept, VALID_AD, 10.0, discard_term="unlikelihood")
     torch.testing.assert_close(a, b)
     # every trace's first proposal is its first rejected position
     by_hand = sum(unlikelihood_by_hand(logits, PROPOSED, b, 0) for b in range(3)) / 3

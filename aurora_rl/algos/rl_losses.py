@@ -111,6 +111,12 @@ def unlikelihood(draft_logits: Tensor, proposed: Tensor, mask: Tensor) -> Tensor
     return torch.where(mask, values, torch.zeros_like(values))
 
 
+def discarded_positions(accept_mask: Tensor, valid_mask: Tensor) -> Tensor:
+    """(B, k) bool: valid proposals the target did not keep -- the refused one and every
+    proposal after it, all thrown away. [T, F, F] (all valid) -> [F, T, T]."""
+    return valid_mask & ~accept_mask
+
+
 def accept_discard_loss(
     draft_logits: Tensor,
     target_probs: Tensor,
@@ -119,33 +125,35 @@ def accept_discard_loss(
     valid_mask: Tensor,
     lambda_discard: float,
     divergence: str = "forward_kl",
-    discard_term: str = "unlikelihood",
+    discard_term: str = "divergence",
     reduction: str = "mean",
     **divergence_kw,
 ) -> Tensor:
-    """Accepted tokens as positive feedback, the refused proposal as negative feedback.
+    """Accepted proposals as positive feedback, discarded ones weighted by ``lambda_discard``.
 
     Per position:
     - accepted: D = ``divergence`` to the target (``divergence_kw``, e.g. ``beta``, go to it);
-    - first rejected: lambda_discard · U, with U = ``unlikelihood`` -log(1 - q(proposed))
-      (push the refused token down) or, with ``discard_term="divergence"``, U = D there;
-    - everything else (later proposals, padding): not used.
+    - discarded, with ``discard_term="divergence"`` (default): lambda_discard · D at every
+      valid proposal the target did not keep (``discarded_positions``). The target scored
+      all of them in the same verify pass, so its distribution there is known even though
+      the tokens were thrown away -- the implicit feedback of a rejection;
+    - refused, with ``discard_term="unlikelihood"``: lambda_discard · U at the *first*
+      rejected position only, U = ``unlikelihood`` -log(1 - q(proposed)) (push the refused
+      token down; later proposals were never judged, so they are not pushed);
+    - everything else: not used.
 
     Normalisation: a weighted mean with weight 1 per accepted position and lambda_discard
-    per first-rejected position,
-
-        loss = (sum_acc D + lambda · sum_rej U) / (n_acc + lambda · n_rej),
-
+    per discard position,
+        loss = (sum_acc D + lambda · sum_disc U) / (n_acc + lambda · n_disc),
     so lambda sets the relative weight of the two parts while the loss keeps the scale of a
-    per-position term for every lambda (no learning-rate retuning when lambda changes). At
-    lambda = 0 it is exactly the mean divergence over accepted positions; with
-    ``discard_term="divergence"`` and lambda = 1 it is the mean divergence over
-    ``pg_positions``. With no accepted position and lambda > 0 it is the mean of U over
-    rejected positions whatever lambda is. Empty (denominator 0): exact 0.0.
-
-    ``reduction="none"`` gives the (B, k) weighted terms (D, lambda·U, or 0.0), whose sum
-    over the denominator above is the mean. Raises ValueError on a negative or non-finite
-    lambda, an unknown ``discard_term`` or ``divergence`` name, or bad masks.
+    per-position term for every lambda. At lambda = 0 it is exactly the mean divergence over
+    accepted positions; with ``discard_term="divergence"`` and lambda = 1 it is the plain
+    mean divergence over all valid positions (ordinary distillation). With no accepted
+    position and lambda > 0 it is the mean discard term whatever lambda is. Empty
+    (denominator 0): exact 0.0. ``reduction="none"`` gives the (B, k) weighted terms (D,
+    lambda·U, or 0.0), whose sum over the denominator above is the mean. Raises ValueError
+    on a negative or non-finite lambda, an unknown ``discard_term`` or ``divergence`` name,
+    or bad masks.
     """
     lam = float(lambda_discard)
     if not (math.isfinite(lam) and lam >= 0.0):
@@ -157,21 +165,29 @@ def accept_discard_loss(
     check_reduction(reduction)
     check_masks(accept_mask, valid_mask)
     accepted = accept_mask & valid_mask
-    refused = first_rejected(accept_mask, valid_mask)
-    used = accepted | refused
+    discard = discard_positions_for(discard_term, accept_mask, valid_mask)
+    used = accepted | discard
     div = divergences.divergence(
         divergence, draft_logits, target_probs, used, reduction="none", **divergence_kw
     )
     if discard_term == "unlikelihood":
-        discard = unlikelihood(draft_logits, proposed, refused)
+        discard_values = unlikelihood(draft_logits, proposed, discard)
     else:
-        discard = div
-    values = torch.where(accepted, div, lam * discard)
+        discard_values = div
+    values = torch.where(accepted, div, lam * discard_values)
     values = torch.where(used, values, torch.zeros_like(values))
     if reduction == "none":
         return values
-    weight = accepted.sum() + lam * refused.sum()
+    weight = accepted.sum() + lam * discard.sum()
     return values.sum() / torch.where(weight > 0, weight, torch.ones_like(weight))
+
+
+def discard_positions_for(discard_term: str, accept_mask: Tensor, valid_mask: Tensor) -> Tensor:
+    """Where ``accept_discard_loss`` applies its discard term: every discarded position for
+    ``"divergence"``, only the first rejected one for ``"unlikelihood"``."""
+    if discard_term == "unlikelihood":
+        return first_rejected(accept_mask, valid_mask)
+    return discarded_positions(accept_mask, valid_mask)
 
 
 def osd_loss(

@@ -24,10 +24,13 @@ class Proposal:
         probs: ``(k, V)`` the distribution each token was drawn from (after the sampling
             transform; one-hot rows for argmax proposals). The rejection rule is lossless
             only if ``tokens[i] ~ probs[i]``.
+        logits: ``(k, V)`` the draft's raw logits before the sampling transform, when the
+            drafter has them (``probs == probs_from_logits(logits, sampling)``).
     """
 
     tokens: torch.Tensor
     probs: torch.Tensor
+    logits: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 1 or self.probs.ndim != 2 or len(self.tokens) != len(self.probs):

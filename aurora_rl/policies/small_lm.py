@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from aurora_rl.core.batch import TraceBatch
 from aurora_rl.core.draft import Proposal
 from aurora_rl.core.sampling import SamplingParams, probs_from_logits
 from aurora_rl.core.target import RollbackCache, run_cached
+from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
 
 
 def draw(dist: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None) -> int:
@@ -36,16 +39,17 @@ class SmallLMSession:
         self, k: int, sampling: SamplingParams, generator: torch.Generator | None
     ) -> Proposal:
         feed = self.tokens[len(self.cache) :]
-        tokens, dists = [], []
+        tokens, dists, raw = [], [], []
         for _ in range(k):
             logits = run_cached(self.model, self.cache, feed).logits[-1]
             dist = probs_from_logits(logits, sampling)
             token = draw(dist, sampling, generator)
             tokens.append(token)
             dists.append(dist)
+            raw.append(logits)
             feed = [token]
         self._proposed = tokens
-        return Proposal(torch.tensor(tokens, dtype=torch.long), torch.stack(dists))
+        return Proposal(torch.tensor(tokens, dtype=torch.long), torch.stack(dists), torch.stack(raw))
 
     def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
         # The cache holds the proposals fed after the first one was drawn: all but the
@@ -54,6 +58,35 @@ class SmallLMSession:
         self.cache.rollback(min(len(self.cache), len(self.tokens) + kept))
         self.tokens += self._proposed[:num_accepted] + [next_token]
         self._proposed = []
+
+
+class TeacherForcedLM(torch.nn.Module):
+    """Scores a ``TraceBatch`` with the drafter, teacher-forced along the proposals.
+
+    Shares parameters with the drafter's model. It is the module a learner hands to
+    ``accelerate`` (so data-parallel gradient sync sees the whole forward pass).
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: TraceBatch) -> torch.Tensor:
+        """``(B, k, V)`` logits at every proposal position, with gradients.
+
+        ``[context window] + proposed[:-1]`` in one pass; the logits after position
+        ``W - 1 + i`` predict proposal ``i``.
+        """
+        width = batch.context_ids.shape[1]
+        ids = torch.cat([batch.context_ids, batch.proposed[:, :-1]], dim=1)
+        # Invalid proposals sit at the right end, where causal attention already keeps
+        # them from influencing earlier positions; only the left padding is masked.
+        mask = torch.cat(
+            [batch.context_mask, torch.ones_like(batch.proposed[:, :-1], dtype=torch.bool)], dim=1
+        )
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        logits = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions).logits
+        return logits[:, width - 1 : width - 1 + batch.k].float()
 
 
 class SmallLMDrafter:
@@ -83,12 +116,32 @@ class SmallLMDrafter:
     def vocab_size(self) -> int:
         return self.model.get_output_embeddings().weight.shape[0]
 
+    @property
+    def trainable(self) -> "TeacherForcedLM":
+        """The module a learner optimises; its ``forward(batch)`` gives proposal logits."""
+        return TeacherForcedLM(self.model)
+
     def start(self, context_ids: torch.Tensor, target_hidden: torch.Tensor | None = None) -> SmallLMSession:
         return SmallLMSession(self.model, context_ids)
 
+    def proposal_logits(self, batch: TraceBatch) -> torch.Tensor:
+        return self.trainable(batch)
+
+    def clone(self, version: int | None = None) -> "SmallLMDrafter":
+        """An independent copy (the learner trains one while the server decodes with another)."""
+        return SmallLMDrafter(copy.deepcopy(self.model), self.version if version is None else version)
+
     def save_pretrained(self, directory: str | Path) -> None:
-        self.model.save_pretrained(str(directory))
+        self.model.config.save_pretrained(str(directory))
+        save_weights(self.model, directory)
+        write_manifest(directory, self.kind, self.version)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, version: int = 0) -> "SmallLMDrafter":
-        return cls(AutoModelForCausalLM.from_pretrained(str(directory)), version)
+    def from_pretrained(cls, directory: str | Path) -> "SmallLMDrafter":
+        manifest = read_manifest(directory)
+        if manifest["kind"] != cls.kind:
+            raise ValueError(f"{directory} holds a {manifest['kind']!r} drafter, not {cls.kind!r}")
+        config = AutoConfig.from_pretrained(str(directory))
+        model = AutoModelForCausalLM.from_config(config)
+        load_weights_strict(model, directory)
+        return cls(model, manifest["version"])

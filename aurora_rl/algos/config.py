@@ -1,0 +1,91 @@
+"""``AlgoConfig``: which learning rule trains the draft, and its knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aurora_rl.algos.divergences import DIVERGENCES
+from aurora_rl.algos.rl_losses import DISCARD_TERMS, PG_MODES
+
+ALGORITHMS = (
+    "forward_kl",
+    "reverse_kl",
+    "jsd",
+    "tv",
+    "accept_discard",
+    "osd",
+    "pg",
+    "expected_acceptance",
+)
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class AlgoConfig:
+    name: str = _help(
+        "learning rule: forward_kl | reverse_kl | jsd | tv (distillation on every judged "
+        "position), accept_discard (Aurora-style: divergence on accepted positions + "
+        "lambda_discard x a term on the refused one), osd (divergence only where the draft "
+        "was wrong), pg (policy gradient on accepted length), expected_acceptance "
+        "(maximise sum_i prod_j<=i alpha_j)",
+        "forward_kl",
+    )
+    lr: float = _help("AdamW learning rate", 1e-3)
+    weight_decay: float = _help("AdamW weight decay", 0.0)
+    max_grad_norm: float = _help("clip the gradient norm to this (0 = no clipping)", 1.0)
+    batch_size: int = _help("traces per update", 32)
+    max_context: int = _help("context tokens per trace the draft is trained on (the last ones)", 256)
+    beta: float = _help("jsd: 0 = forward KL, 1 = reverse KL, 0.5 = Jensen-Shannon", 0.5)
+    divergence: str = _help("accept_discard / osd: the divergence to the target", "forward_kl")
+    lambda_discard: float = _help(
+        "accept_discard: weight of the discarded proposals relative to accepted ones "
+        "(0 = learn from accepted positions only, 1 = plain distillation on every position)",
+        0.5,
+    )
+    discard_term: str = _help(
+        "accept_discard: 'divergence' to the target at every discarded position, or "
+        "'unlikelihood' (-log(1 - q(refused))) at the refused proposal only",
+        "divergence",
+    )
+    pg_mode: str = _help("pg: 'ppo_clip' or 'truncated_is' off-policy correction", "ppo_clip")
+    clip_eps: float = _help("pg (ppo_clip): ratio clip range", 0.2)
+    rho_max: float = _help("pg (truncated_is): importance-weight cap", 1.0)
+    pg_kl_coef: float = _help("pg: weight of an auxiliary forward-KL anchor (0 = pure PG)", 0.0)
+    explore_temperature: float = _help(
+        "pg: when decoding is greedy the draft samples its proposals at this temperature "
+        "(still lossless) so the policy gradient has a stochastic policy to improve",
+        1.0,
+    )
+
+    def __post_init__(self) -> None:
+        if self.name not in ALGORITHMS:
+            raise ValueError(f"algo.name={self.name!r} is not one of {', '.join(ALGORITHMS)}")
+        if not self.lr > 0:
+            raise ValueError(f"algo.lr must be > 0, got {self.lr}")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"algo.max_grad_norm must be >= 0 (0 disables), got {self.max_grad_norm}")
+        if self.batch_size < 1:
+            raise ValueError(f"algo.batch_size must be >= 1, got {self.batch_size}")
+        if self.max_context < 1:
+            raise ValueError(f"algo.max_context must be >= 1, got {self.max_context}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"algo.beta must be in [0, 1], got {self.beta}")
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"algo.divergence={self.divergence!r} is not one of {', '.join(DIVERGENCES)}")
+        if self.lambda_discard < 0:
+            raise ValueError(f"algo.lambda_discard must be >= 0, got {self.lambda_discard}")
+        if self.discard_term not in DISCARD_TERMS:
+            raise ValueError(f"algo.discard_term={self.discard_term!r} is not one of {', '.join(DISCARD_TERMS)}")
+        if self.pg_mode not in PG_MODES:
+            raise ValueError(f"algo.pg_mode={self.pg_mode!r} is not one of {', '.join(PG_MODES)}")
+        if not 0 < self.clip_eps < 1:
+            raise ValueError(f"algo.clip_eps must be in (0, 1), got {self.clip_eps}")
+        if not self.rho_max > 0:
+            raise ValueError(f"algo.rho_max must be > 0, got {self.rho_max}")
+        if self.pg_kl_coef < 0:
+            raise ValueError(f"algo.pg_kl_coef must be >= 0, got {self.pg_kl_coef}")
+        if not self.explore_temperature > 0:
+            raise ValueError(f"algo.explore_temperature must be > 0, got {self.explore_temperature}")

@@ -1,0 +1,120 @@
+"""The algorithm zoo: each class maps a ``TraceBatch`` and draft logits to one loss.
+
+The math lives in ``divergences`` / ``rl_losses`` as pure functions; these classes only
+choose positions and weights. Per-trace weights (stale traces down-weighted by the
+buffer) scale each trace's contribution to both numerator and denominator.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aurora_rl.algos.base import Algorithm, weighted_mean
+from aurora_rl.algos.divergences import acceptance_probs, divergence, forward_kl
+from aurora_rl.algos.rl_losses import (
+    accept_discard_loss,
+    discard_positions_for,
+    expected_accepted_length,
+    first_rejected,
+    osd_loss,
+    per_position_baseline,
+    pg_positions,
+    policy_gradient_loss,
+    reward_to_go,
+    token_logprobs,
+)
+from aurora_rl.core.batch import TraceBatch
+
+
+class Distillation(Algorithm):
+    """Divergence to the target at every verified position (forward/reverse KL, JSD, TV)."""
+
+    def loss(self, logits: torch.Tensor, batch: TraceBatch):
+        kw = {"beta": self.config.beta} if self.config.name == "jsd" else {}
+        values = divergence(self.config.name, logits, batch.target_probs, batch.valid_mask, reduction="none", **kw)
+        return weighted_mean(values, batch.valid_mask, batch.weights), {}
+
+
+class AcceptDiscard(Algorithm):
+    """Accepted proposals as positive feedback; discarded ones weighted by lambda_discard."""
+
+    def loss(self, logits: torch.Tensor, batch: TraceBatch):
+        c = self.config
+        kw = {"beta": c.beta} if c.divergence == "jsd" else {}
+        values = accept_discard_loss(
+            logits, batch.target_probs, batch.proposed, batch.accept_mask, batch.valid_mask,
+            c.lambda_discard, divergence=c.divergence, discard_term=c.discard_term, reduction="none", **kw,
+        )
+        accepted = (batch.accept_mask & batch.valid_mask).float()
+        discard = discard_positions_for(c.discard_term, batch.accept_mask, batch.valid_mask).float()
+        return weighted_mean(values, accepted + c.lambda_discard * discard, batch.weights), {}
+
+
+class OnlineSpeculativeDecoding(Algorithm):
+    """OSD (Liu et al. 2023): distil only at the position where the draft was wrong."""
+
+    def loss(self, logits: torch.Tensor, batch: TraceBatch):
+        c = self.config
+        kw = {"beta": c.beta} if c.divergence == "jsd" else {}
+        values = osd_loss(logits, batch.target_probs, batch.accept_mask, batch.valid_mask, c.divergence, reduction="none", **kw)
+        refused = first_rejected(batch.accept_mask, batch.valid_mask)
+        return weighted_mean(values, refused, batch.weights), {}
+
+
+class PolicyGradient(Algorithm):
+    """REINFORCE on accepted length: reward-to-go per position, a per-position baseline,
+    and a clipped importance ratio for traces proposed by older draft versions."""
+
+    needs_exploration = True
+
+    def loss(self, logits: torch.Tensor, batch: TraceBatch):
+        c = self.config
+        logp = token_logprobs(logits, batch.proposed, batch.valid_mask)
+        returns = reward_to_go(batch.accept_mask, batch.valid_mask)
+        mask = pg_positions(batch.accept_mask, batch.valid_mask)
+        advantages = returns - per_position_baseline(returns, mask)
+        values = policy_gradient_loss(
+            logp, batch.behavior_logprobs, advantages, mask, c.clip_eps, c.pg_mode, c.rho_max, reduction="none"
+        )
+        loss = weighted_mean(values, mask, batch.weights)
+        if c.pg_kl_coef > 0:
+            anchor = forward_kl(logits, batch.target_probs, batch.valid_mask, reduction="none")
+            loss = loss + c.pg_kl_coef * weighted_mean(anchor, batch.valid_mask, batch.weights)
+        return loss, {"losses/mean_return": float(returns[mask].mean()) if mask.any() else 0.0}
+
+
+class ExpectedAcceptance(Algorithm):
+    """Maximise the differentiable expected accepted length sum_i prod_{j<=i} alpha_j.
+
+    alpha follows the verification rule the traces were judged by: sum_x min(p, q) when
+    sampling, and q(argmax p) -- the chance the draft's pick is the target's -- when greedy.
+    """
+
+    def loss(self, logits: torch.Tensor, batch: TraceBatch):
+        greedy = (batch.temperature == 0)[:, None, None]
+        one_hot = torch.nn.functional.one_hot(batch.target_probs.argmax(-1), batch.target_probs.shape[-1])
+        target = torch.where(greedy, one_hot.to(batch.target_probs.dtype), batch.target_probs)
+        alpha = acceptance_probs(logits, target)
+        length = expected_accepted_length(alpha, batch.valid_mask)  # (B,)
+        n_valid = batch.valid_mask.sum(-1).clamp_min(1)
+        # Normalised per trace to an acceptance rate in [0, 1] so short traces count fully.
+        rate = (length / n_valid)[:, None]
+        has_valid = batch.valid_mask.any(-1, keepdim=True)
+        loss = weighted_mean(-rate * has_valid, has_valid, batch.weights)
+        return loss, {"losses/expected_accepted": float(length.mean())}
+
+
+def make_algorithm(policy, config, accelerator=None) -> Algorithm:
+    """The one place a config name becomes an algorithm."""
+    name = config.name
+    if name in ("forward_kl", "reverse_kl", "jsd", "tv"):
+        return Distillation(policy, config, accelerator)
+    elif name == "accept_discard":
+        return AcceptDiscard(policy, config, accelerator)
+    elif name == "osd":
+        return OnlineSpeculativeDecoding(policy, config, accelerator)
+    elif name == "pg":
+        return PolicyGradient(policy, config, accelerator)
+    elif name == "expected_acceptance":
+        return ExpectedAcceptance(policy, config, accelerator)
+    raise ValueError(f"unknown algorithm {name!r}")

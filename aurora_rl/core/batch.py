@@ -1,0 +1,128 @@
+"""``TraceBatch``: traces padded into tensors, the only input algorithms see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import torch
+
+from aurora_rl.core.trace import Trace, dense_probs
+
+
+@dataclass
+class TraceBatch:
+    """``B`` traces padded to ``k`` proposal positions and a ``W``-token context window.
+
+    The context window holds the *last* ``W`` context tokens of each trace, left-padded;
+    drafters are trained on it teacher-forced along the proposals, which is exactly the
+    path the draft itself took at decode time (on-policy data).
+
+    Attributes:
+        context_ids: ``(B, W)`` long, left-padded with ``pad_id``.
+        context_mask: ``(B, W)`` bool, True on real tokens.
+        context_features: ``(B, W, D)`` target hidden states at those positions, or None.
+        proposed: ``(B, k)`` long proposals (0 on padding).
+        valid_mask: ``(B, k)`` bool, True where a proposal exists.
+        accept_mask: ``(B, k)`` bool, prefix-closed, within ``valid_mask``.
+        behavior_logprobs: ``(B, k)`` log q_old(proposed) of the version that proposed.
+        target_probs: ``(B, k, V)`` target distribution (temperature 1) at each position.
+        temperature: ``(B,)`` the decoding temperature each verdict used (0 = greedy).
+        draft_version: ``(B,)`` long. ``weights``: ``(B,)`` per-trace loss weight (the
+            buffer down-weights stale traces). ``domains``: the traces' domain tags.
+    """
+
+    context_ids: torch.Tensor
+    context_mask: torch.Tensor
+    context_features: torch.Tensor | None
+    proposed: torch.Tensor
+    valid_mask: torch.Tensor
+    accept_mask: torch.Tensor
+    behavior_logprobs: torch.Tensor
+    target_probs: torch.Tensor
+    temperature: torch.Tensor
+    draft_version: torch.Tensor
+    weights: torch.Tensor
+    domains: list[str]
+
+    def __len__(self) -> int:
+        return self.proposed.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.proposed.shape[1]
+
+    def to(self, device: torch.device | str) -> "TraceBatch":
+        moved = {
+            f.name: (v.to(device) if torch.is_tensor(v) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return TraceBatch(**moved)
+
+    @classmethod
+    def from_traces(
+        cls,
+        traces: Sequence[Trace],
+        max_context: int = 128,
+        pad_id: int = 0,
+        weights: Sequence[float] | None = None,
+        with_features: bool = False,
+    ) -> "TraceBatch":
+        """Pad ``traces`` into a batch.
+
+        Traces without proposals (a budget's last step) carry no signal; callers should
+        drop them (``Trace.num_proposed == 0``) -- they are refused here.
+        """
+        if not traces:
+            raise ValueError("cannot build a TraceBatch from zero traces")
+        if any(t.num_proposed == 0 for t in traces):
+            raise ValueError("traces without proposals carry no learning signal; filter them out first")
+        batch = len(traces)
+        k = max(t.num_proposed for t in traces)
+        window = min(max_context, max(t.context_len for t in traces))
+        vocab = traces[0].target_probs.shape[-1] if torch.is_tensor(traces[0].target_probs) else traces[0].target_probs.vocab_size
+
+        context_ids = torch.full((batch, window), pad_id, dtype=torch.long)
+        context_mask = torch.zeros(batch, window, dtype=torch.bool)
+        proposed = torch.zeros(batch, k, dtype=torch.long)
+        valid_mask = torch.zeros(batch, k, dtype=torch.bool)
+        accept_mask = torch.zeros(batch, k, dtype=torch.bool)
+        behavior = torch.zeros(batch, k)
+        target_probs = torch.zeros(batch, k, vocab)
+        features = None
+        if with_features:
+            if any(t.context_features is None for t in traces):
+                raise ValueError(
+                    "with_features=True needs traces recorded with target features "
+                    "(decode with a Target built with hidden_layers=...)"
+                )
+            dim = traces[0].context_features.shape[-1]
+            features = torch.zeros(batch, window, dim)
+
+        for row, trace in enumerate(traces):
+            n, m = min(trace.context_len, window), trace.num_proposed
+            context_ids[row, window - n :] = trace.context_ids[-n:]
+            context_mask[row, window - n :] = True
+            if features is not None:
+                features[row, window - n :] = trace.context_features[-n:].float()
+            proposed[row, :m] = trace.proposed
+            valid_mask[row, :m] = True
+            accept_mask[row, :m] = trace.accept_mask
+            behavior[row, :m] = trace.draft_logprobs
+            target_probs[row, :m] = dense_probs(trace.target_probs)[:m]
+
+        return cls(
+            context_ids=context_ids,
+            context_mask=context_mask,
+            context_features=features,
+            proposed=proposed,
+            valid_mask=valid_mask,
+            accept_mask=accept_mask,
+            behavior_logprobs=behavior,
+            target_probs=target_probs,
+            temperature=torch.tensor([t.temperature for t in traces], dtype=torch.float32),
+            draft_version=torch.tensor([t.draft_version for t in traces], dtype=torch.long),
+            weights=torch.ones(batch) if weights is None else torch.as_tensor(weights, dtype=torch.float32),
+            domains=[t.domain for t in traces],
+        )
