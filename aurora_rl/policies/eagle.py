@@ -1,0 +1,291 @@
+"""The EAGLE-style drafter: one decoder layer on top of the target's own hidden states.
+
+Notation: tokens ``x_0 .. x_{L-1}``; ``f_j`` is the target's feature after ``x_j`` (its
+configured hidden states concatenated, ``D = d * len(hidden_layers)``), which predicts
+``x_{j+1}``. At position ``j`` the head reads the pair ``(g_{j-1}, x_j)``:
+``g_{j-1} = proj(f_{j-1})`` for a true target feature, or the head's own previous output
+``h_{j-1}`` while it drafts ahead of the target; ``g_{-1} = 0`` (the first token has no
+predecessor). It outputs ``h_j = block(fc([embed(x_j), g_{j-1}]))`` and
+``logits_j = lm_head(norm(h_j))`` predict ``x_{j+1}``. The embedding and LM head are the
+target's, shared and frozen; only ``proj``, ``fc``, the block and ``norm`` are the head's.
+
+Training unrolls exactly as decoding does: true pairs over the context, then ``k - 1``
+steps fed with the head's own outputs, backpropagating through them (EAGLE's "learn from
+your own previous outputs").
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from aurora_rl.core.batch import TraceBatch
+from aurora_rl.core.draft import Proposal
+from aurora_rl.core.sampling import SamplingParams, probs_from_logits
+from aurora_rl.core.target import Target
+from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
+from aurora_rl.policies.eagle_layer import EagleConfig, EagleHead, KVCache
+from aurora_rl.policies.small_lm import draw
+
+
+def _normalised_layers(layers: Sequence[int], num_states: int) -> tuple[int, ...]:
+    return tuple(layer % num_states for layer in layers)
+
+
+def check_target_layers(head_layers: Sequence[int], target: Target) -> None:
+    """Refuse a Target that records other hidden states than the head reads."""
+    num_states = target.model.config.num_hidden_layers + 1
+    if _normalised_layers(head_layers, num_states) != _normalised_layers(target.hidden_layers, num_states):
+        raise ValueError(
+            f"the EAGLE head reads target hidden_layers {tuple(head_layers)} but the Target records "
+            f"hidden_layers {tuple(target.hidden_layers)}; build it with "
+            f"Target(model, hidden_layers={tuple(head_layers)})"
+        )
+
+
+class EagleSession:
+    """Draft state of one sequence: committed tokens, the head's cache, unfed true features.
+
+    Cache entry ``t`` is the pair at position ``t``. The first ``fed`` entries are built
+    from the target's true features; proposing appends entries built from the head's own
+    outputs, which are dropped at the next verdict: accepted tokens are re-fed with the
+    target's true features, the input the head is trained to read.
+    """
+
+    def __init__(
+        self, drafter: "EagleDrafter", context_ids: torch.Tensor, target_hidden: torch.Tensor
+    ) -> None:
+        self.drafter = drafter
+        self.cache = KVCache()
+        self.tokens: list[int] = [int(t) for t in context_ids]
+        self.fed = 0
+        # The true feature preceding each unfed token; the zero row stands for g_{-1} = 0
+        # (proj has no bias, so it maps to a zero input).
+        start = torch.zeros(1, target_hidden.shape[-1], dtype=drafter.dtype)
+        self._pending = torch.cat([start, target_hidden.to(drafter.dtype)])
+        self._last: torch.Tensor | None = None  # (d,) output at the last fed true position
+        self._proposed: list[int] = []
+
+    def _feed_true(self) -> None:
+        """Append the pending true pairs to the cache in one pass."""
+        head = self.drafter.head
+        ids = torch.tensor(self.tokens[self.fed :], dtype=torch.long)
+        positions = torch.arange(self.fed, len(self.tokens))
+        previous = head.proj(self._pending)
+        out = head(self.drafter.embed(ids)[None], previous[None], positions[None], self.cache)
+        self._last = out[0, -1]
+        self.fed = len(self.tokens)
+        self._pending = self._pending[:0]
+
+    def propose(self, k: int, sampling: SamplingParams, generator: torch.Generator | None) -> Proposal:
+        head = self.drafter.head
+        tokens, dists, raw = [], [], []
+        with torch.inference_mode():
+            self.cache.rollback(self.fed)  # proposing twice without a verdict redrafts
+            if len(self._pending):
+                self._feed_true()
+            assert self._last is not None, "a session always has a fed token to draft from"
+            out = self._last
+            for i in range(k):
+                logits = self.drafter.logits(out)
+                dist = probs_from_logits(logits, sampling)
+                token = draw(dist, sampling, generator)
+                tokens.append(token)
+                dists.append(dist)
+                raw.append(logits)
+                if i < k - 1:  # the last proposal is never fed, as in the small LM
+                    position = torch.tensor([[len(self.tokens) + i]])
+                    ids = torch.tensor([[token]])
+                    out = head(self.drafter.embed(ids), out[None, None], position, self.cache)[0, 0]
+        self._proposed = tokens
+        return Proposal(torch.tensor(tokens, dtype=torch.long), torch.stack(dists), torch.stack(raw))
+
+    def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
+        if target_hidden is None or target_hidden.shape != (num_accepted + 1, self._pending.shape[-1]):
+            got = None if target_hidden is None else tuple(target_hidden.shape)
+            raise ValueError(
+                f"an EAGLE session needs the target's features at the kept positions, shape "
+                f"({num_accepted + 1}, {self._pending.shape[-1]}); got {got}"
+            )
+        if num_accepted > len(self._proposed):
+            raise ValueError(
+                f"{num_accepted} proposals accepted but only {len(self._proposed)} were proposed"
+            )
+        self.cache.rollback(self.fed)
+        self.tokens += self._proposed[:num_accepted] + [int(next_token)]
+        self._pending = torch.cat([self._pending, target_hidden.to(self.drafter.dtype)])
+        self._proposed = []
+
+
+class EagleDrafter:
+    """An EAGLE-style head drafting from the target's hidden states.
+
+    Args:
+        head: the trainable head (its config fixes which target layers it reads).
+        target_model: the target whose input embedding and LM head the head shares,
+            frozen (they are read with ``detach`` and never saved with the head).
+        version: the published weight version.
+    """
+
+    kind = "eagle"
+    uses_target_features = True
+
+    def __init__(self, head: EagleHead, target_model: PreTrainedModel, version: int = 0) -> None:
+        config = head.config
+        embedding, lm_head = target_model.get_input_embeddings(), target_model.get_output_embeddings()
+        if not isinstance(embedding, nn.Embedding) or not isinstance(lm_head, nn.Linear):
+            raise ValueError(
+                "the EAGLE head shares the target's nn.Embedding input embedding and nn.Linear "
+                f"LM head; this target has {type(embedding).__name__} and {type(lm_head).__name__}"
+            )
+        target_shape = (target_model.config.hidden_size, lm_head.weight.shape[0])
+        embedding_size = embedding.weight.shape[1]
+        if target_shape != (config.hidden_size, config.vocab_size) or embedding_size != config.hidden_size:
+            raise ValueError(
+                f"the EAGLE head was built for a target of hidden size {config.hidden_size} and "
+                f"vocabulary {config.vocab_size}, but this target has hidden size {target_shape[0]} "
+                f"and vocabulary {target_shape[1]}; pair the head with the target it was built for"
+            )
+        self.head = head
+        self.target_model = target_model
+        self.version = version
+        self._embedding, self._lm_head = embedding, lm_head
+
+    @classmethod
+    def from_target(
+        cls,
+        target: PreTrainedModel | Target,
+        hidden_layers: Sequence[int] | None = None,
+        num_heads: int | None = None,
+        intermediate_size: int | None = None,
+        seed: int = 0,
+    ) -> "EagleDrafter":
+        """A fresh head for ``target`` (deterministic under ``seed``).
+
+        ``hidden_layers`` defaults to the Target's own (or ``(-1,)`` for a bare model);
+        ``num_heads`` and ``intermediate_size`` default to the target's layer shape.
+        """
+        if isinstance(target, Target):
+            layers = tuple(target.hidden_layers if hidden_layers is None else hidden_layers)
+            check_target_layers(layers, target)
+        else:
+            layers = (-1,) if hidden_layers is None else tuple(hidden_layers)
+            target = Target(target, layers)  # validates the layer indices
+        model_config = target.model.config
+        config = EagleConfig(
+            hidden_layers=layers,
+            hidden_size=model_config.hidden_size,
+            vocab_size=target.vocab_size,
+            num_heads=num_heads or model_config.num_attention_heads,
+            intermediate_size=intermediate_size or model_config.intermediate_size,
+            rms_norm_eps=getattr(model_config, "rms_norm_eps", 1e-6),
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            head = EagleHead(config)
+            head.reset_parameters()
+        return cls(head.to(target.model.dtype), target.model)
+
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        return self.head.config.hidden_layers
+
+    @property
+    def vocab_size(self) -> int:
+        return self.head.config.vocab_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.proj.weight.dtype
+
+    @property
+    def trainable(self) -> nn.Module:
+        """The module whose parameters a learner optimises (the head only)."""
+        return self.head
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The target's frozen token embeddings ``(..., d)`` of ``ids`` ``(...)``."""
+        return F.embedding(ids, self._embedding.weight.detach()).to(self.dtype)
+
+    def logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """``(..., V)`` float32 logits of head outputs ``(..., d)`` through the frozen LM head."""
+        weight = self._lm_head.weight.detach()
+        bias = None if self._lm_head.bias is None else self._lm_head.bias.detach()
+        return F.linear(self.head.norm(outputs).to(weight.dtype), weight, bias).float()
+
+    def start(self, context_ids: torch.Tensor, target_hidden: torch.Tensor | None) -> EagleSession:
+        expected = (len(context_ids) - 1, self.head.config.feature_size)
+        if target_hidden is None or tuple(target_hidden.shape) != expected:
+            got = None if target_hidden is None else tuple(target_hidden.shape)
+            raise ValueError(
+                f"the EAGLE head needs the target's hidden_layers {self.hidden_layers} features at "
+                f"the {expected[0]} processed context positions, shape {expected}; got {got}"
+            )
+        return EagleSession(self, context_ids, target_hidden)
+
+    def proposal_logits(self, batch: TraceBatch) -> torch.Tensor:
+        """``(B, k, V)`` draft logits at every proposal position, with gradients.
+
+        The true pairs of the context window run in one pass (left padding masked, the
+        window's first token paired with a zero feature); the output at the last context
+        token predicts proposal 0. Then ``k - 1`` unrolled steps pair the head's previous
+        output with the previous proposal, as at decode time, and gradients flow back
+        through every step. With the full context in the window the logits equal the
+        decode-time ones.
+        """
+        if batch.context_features is None:
+            raise ValueError(
+                "the EAGLE head trains on the target's features: build the batch with "
+                "TraceBatch.from_traces(..., with_features=True) from traces decoded by a "
+                f"Target with hidden_layers={self.hidden_layers}"
+            )
+        if batch.context_features.shape[-1] != self.head.config.feature_size:
+            raise ValueError(
+                f"the batch's features have width {batch.context_features.shape[-1]} but the head "
+                f"reads hidden_layers {self.hidden_layers} of width {self.head.config.feature_size}"
+            )
+        mask = batch.context_mask
+        # The pair at window position p reads the feature at p - 1; none before the window.
+        projected = self.head.proj(batch.context_features.to(self.dtype))
+        previous = F.pad(projected[:, :-1], (0, 0, 1, 0)) * F.pad(mask[:, :-1], (1, 0))[..., None]
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        cache = KVCache()
+        out = self.head(self.embed(batch.context_ids), previous, positions, cache, mask)[:, -1]
+        outputs = [out]
+        key_mask = mask
+        for i in range(1, batch.k):
+            key_mask = F.pad(key_mask, (0, 1), value=True)
+            step_ids = batch.proposed[:, i - 1 : i]
+            step_pos = positions[:, -1:] + i
+            out = self.head(self.embed(step_ids), out[:, None], step_pos, cache, key_mask)[:, 0]
+            outputs.append(out)
+        return self.logits(torch.stack(outputs, dim=1))
+
+    def clone(self, version: int | None = None) -> "EagleDrafter":
+        """An independent copy of the head sharing the same frozen target parts."""
+        version = self.version if version is None else version
+        return EagleDrafter(copy.deepcopy(self.head), self.target_model, version)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json``, ``model.safetensors`` (the head only) and ``policy.json``."""
+        self.head.config.save(directory)
+        save_weights(self.head, directory)
+        write_manifest(directory, self.kind, self.version)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, target: Target) -> "EagleDrafter":
+        """Load a saved head onto ``target`` (which must record the head's hidden layers)."""
+        manifest = read_manifest(directory)
+        if manifest["kind"] != cls.kind:
+            raise ValueError(f"{directory} holds a {manifest['kind']!r} drafter, not {cls.kind!r}")
+        config = EagleConfig.load(directory)
+        check_target_layers(config.hidden_layers, target)
+        drafter = cls(EagleHead(config).to(target.model.dtype), target.model, manifest["version"])
+        load_weights_strict(drafter.head, directory)
+        return drafter
