@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from aurora_rl.algos.losses import forward_kl
 from aurora_rl.core.batch import TraceBatch
 from aurora_rl.core.generate import SpeculativeDecoder
-from aurora_rl.core.sampling import GREEDY
+from aurora_rl.core.sampling import GREEDY, SamplingParams, probs_from_logits
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
 from aurora_rl.policies.eagle import EagleDrafter
@@ -144,6 +144,23 @@ def test_teacher_forced_logits_equal_decode_time_proposals(random_target_model, 
     for row, proposal in enumerate(recorder.proposals):
         decoded[row, : len(proposal)] = proposal.logits
     torch.testing.assert_close(logits[valid], decoded[valid], atol=1e-4, rtol=0)
+
+
+def test_sampled_proposals_are_seeded_draws_from_the_shaped_distribution(random_target_model):
+    """The rejection rule is lossless only if ``tokens[i] ~ probs[i]`` with ``probs`` the
+    draft logits shaped exactly like the target's."""
+    model = random_target_model
+    drafter = EagleDrafter.from_target(Target(model, hidden_layers=(-1,)), seed=8)
+    sampling = SamplingParams(temperature=0.8, top_k=5)
+    prompt = seeded_prompts(1, seed=3)[0]
+    features = true_features(model, (-1,), prompt)[:-1]
+    first, second = (
+        drafter.start(prompt, features).propose(6, sampling, torch.Generator().manual_seed(0))
+        for _ in range(2)
+    )
+    assert torch.equal(first.tokens, second.tokens)
+    assert torch.equal(first.probs, probs_from_logits(first.logits, sampling))
+    assert bool((first.probs.gather(-1, first.tokens[:, None]) > 0).all())
 
 
 def test_proposal_logits_need_target_features(random_target_model):
