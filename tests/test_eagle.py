@@ -7,7 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.algos.losses import forward_kl
+from aurora_rl.algos.zoo import make_algorithm
 from aurora_rl.core.batch import TraceBatch
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.sampling import GREEDY, SamplingParams, probs_from_logits
@@ -185,7 +187,7 @@ def test_unrolled_steps_backpropagate_through_the_heads_own_outputs(random_targe
     traces, _ = proposal_traces(decoder, seeded_prompts(2, seed=5), max_new_tokens=12)
     batch = TraceBatch.from_traces([t for t in traces if t.num_proposed == 3], with_features=True)
     outputs = []  # per head call: the context pass, then unrolled steps 1 and 2
-    hook = drafter.trainable.register_forward_hook(lambda module, args, out: outputs.append(out))
+    hook = drafter.head.register_forward_hook(lambda module, args, out: outputs.append(out))
     logits = drafter.proposal_logits(batch)
     hook.remove()
     context_out, step1_out, step2_out = outputs
@@ -245,6 +247,26 @@ def test_trained_head_decodes_losslessly_with_long_accepted_runs(training_run, p
     assert max(taus) > 2.0  # whole proposals accepted: the bonus-token commit path ran
 
 
+def test_a_learner_algorithm_trains_the_head_and_nothing_else(random_target_model):
+    """The learner's seam: ``Algorithm`` optimises ``drafter.trainable``, whose
+    ``forward(batch)`` is the unrolled pass; the shared target weights never move."""
+    model = random_target_model
+    target = Target(model, hidden_layers=(1, -1))
+    drafter = EagleDrafter.from_target(target, intermediate_size=96, seed=5)
+    decoder = SpeculativeDecoder(target, drafter, DecodeConfig(k=3), [EOS])
+    traces, _ = proposal_traces(decoder, seeded_prompts(4, seed=17), max_new_tokens=16)
+    algorithm = make_algorithm(drafter, AlgoConfig(name="forward_kl", lr=1e-2))
+    batch = algorithm.batch(traces)
+    shared = [model.get_input_embeddings().weight.clone(), model.get_output_embeddings().weight.clone()]
+    fc_before = drafter.head.fc.weight.detach().clone()
+    metrics = [algorithm.update(batch) for _ in range(5)]
+    assert all(m["update/rejected"] == 0.0 for m in metrics)
+    assert metrics[-1]["losses/forward_kl"] < metrics[0]["losses/forward_kl"]
+    assert not torch.equal(drafter.head.fc.weight, fc_before)
+    assert torch.equal(model.get_input_embeddings().weight, shared[0])
+    assert torch.equal(model.get_output_embeddings().weight, shared[1])
+
+
 # --- checkpoints --------------------------------------------------------------------------
 
 
@@ -272,9 +294,10 @@ def test_save_load_round_trip_restores_identical_proposals(random_target_model, 
     for ours, theirs in zip(greedy_proposals(drafter, random_target_model, prompts),
                             greedy_proposals(loaded, random_target_model, prompts)):
         assert torch.equal(ours.tokens, theirs.tokens) and torch.equal(ours.logits, theirs.logits)
-    # The head's checkpoint holds the head only, never the shared target weights.
-    assert set(load_file(directory / "model.safetensors")) == set(drafter.trainable.state_dict())
-    assert not any("embed" in name or "lm_head" in name for name in drafter.trainable.state_dict())
+    # The checkpoint and the trainable parameters are the head's only, never the shared
+    # target weights.
+    assert set(load_file(directory / "model.safetensors")) == set(drafter.head.state_dict())
+    assert {id(p) for p in drafter.trainable.parameters()} == {id(p) for p in drafter.head.parameters()}
 
 
 def test_loading_a_weight_of_the_wrong_shape_names_it(random_target_model, saved_head):

@@ -58,33 +58,31 @@ class EagleSession:
     target's true features, the input the head is trained to read.
     """
 
-    def __init__(
-        self, drafter: "EagleDrafter", context_ids: torch.Tensor, target_hidden: torch.Tensor
-    ) -> None:
-        self.drafter = drafter
+    def __init__(self, model: "EagleModel", context_ids: torch.Tensor, target_hidden: torch.Tensor) -> None:
+        self.model = model
         self.cache = KVCache()
         self.tokens: list[int] = [int(t) for t in context_ids]
         self.fed = 0
         # The true feature preceding each unfed token; the zero row stands for g_{-1} = 0
         # (proj has no bias, so it maps to a zero input).
-        start = torch.zeros(1, target_hidden.shape[-1], dtype=drafter.dtype)
-        self._pending = torch.cat([start, target_hidden.to(drafter.dtype)])
+        start = torch.zeros(1, target_hidden.shape[-1], dtype=model.dtype)
+        self._pending = torch.cat([start, target_hidden.to(model.dtype)])
         self._last: torch.Tensor | None = None  # (d,) output at the last fed true position
         self._proposed: list[int] = []
 
     def _feed_true(self) -> None:
         """Append the pending true pairs to the cache in one pass."""
-        head = self.drafter.head
+        head = self.model.head
         ids = torch.tensor(self.tokens[self.fed :], dtype=torch.long)
         positions = torch.arange(self.fed, len(self.tokens))
         previous = head.proj(self._pending)
-        out = head(self.drafter.embed(ids)[None], previous[None], positions[None], self.cache)
+        out = head(self.model.embed(ids)[None], previous[None], positions[None], self.cache)
         self._last = out[0, -1]
         self.fed = len(self.tokens)
         self._pending = self._pending[:0]
 
     def propose(self, k: int, sampling: SamplingParams, generator: torch.Generator | None) -> Proposal:
-        head = self.drafter.head
+        head = self.model.head
         tokens, dists, raw = [], [], []
         with torch.inference_mode():
             self.cache.rollback(self.fed)  # proposing twice without a verdict redrafts
@@ -93,7 +91,7 @@ class EagleSession:
             assert self._last is not None, "a session always has a fed token to draft from"
             out = self._last
             for i in range(k):
-                logits = self.drafter.logits(out)
+                logits = self.model.logits(out)
                 dist = probs_from_logits(logits, sampling)
                 token = draw(dist, sampling, generator)
                 tokens.append(token)
@@ -102,7 +100,7 @@ class EagleSession:
                 if i < k - 1:  # the last proposal is never fed, as in the small LM
                     position = torch.tensor([[len(self.tokens) + i]])
                     ids = torch.tensor([[token]])
-                    out = head(self.drafter.embed(ids), out[None, None], position, self.cache)[0, 0]
+                    out = head(self.model.embed(ids), out[None, None], position, self.cache)[0, 0]
         self._proposed = tokens
         return Proposal(torch.tensor(tokens, dtype=torch.long), torch.stack(dists), torch.stack(raw))
 
@@ -119,24 +117,26 @@ class EagleSession:
             )
         self.cache.rollback(self.fed)
         self.tokens += self._proposed[:num_accepted] + [int(next_token)]
-        self._pending = torch.cat([self._pending, target_hidden.to(self.drafter.dtype)])
+        self._pending = torch.cat([self._pending, target_hidden.to(self.model.dtype)])
         self._proposed = []
 
 
-class EagleDrafter:
-    """An EAGLE-style head drafting from the target's hidden states.
+class EagleModel(nn.Module):
+    """The head together with the target's embedding and LM head, shared and frozen.
+
+    Only the head is a registered submodule, so ``parameters()`` and ``state_dict()`` are
+    the head's alone: what a learner optimises and a checkpoint holds. The target's
+    modules are read through ``detach`` (no gradient ever reaches them) and are not moved
+    by ``.to()`` (they stay wherever the target lives). ``forward(batch)`` is the training
+    pass a learner hands to ``accelerate``.
 
     Args:
         head: the trainable head (its config fixes which target layers it reads).
-        target_model: the target whose input embedding and LM head the head shares,
-            frozen (they are read with ``detach`` and never saved with the head).
-        version: the published weight version.
+        target_model: the target whose input embedding and LM head the head shares.
     """
 
-    kind = "eagle"
-    uses_target_features = True
-
-    def __init__(self, head: EagleHead, target_model: PreTrainedModel, version: int = 0) -> None:
+    def __init__(self, head: EagleHead, target_model: PreTrainedModel) -> None:
+        super().__init__()
         config = head.config
         embedding, lm_head = target_model.get_input_embeddings(), target_model.get_output_embeddings()
         if not isinstance(embedding, nn.Embedding) or not isinstance(lm_head, nn.Linear):
@@ -153,9 +153,81 @@ class EagleDrafter:
                 f"and vocabulary {target_shape[1]}; pair the head with the target it was built for"
             )
         self.head = head
+        # A tuple is invisible to nn.Module's registration: the target's modules stay out
+        # of parameters(), state_dict(), optimisers and checkpoints.
+        self._shared = (embedding, lm_head)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.proj.weight.dtype
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The target's frozen token embeddings ``(..., d)`` of ``ids`` ``(...)``."""
+        return F.embedding(ids, self._shared[0].weight.detach()).to(self.dtype)
+
+    def logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """``(..., V)`` float32 logits of head outputs ``(..., d)`` through the frozen LM head."""
+        lm_head = self._shared[1]
+        weight = lm_head.weight.detach()
+        bias = None if lm_head.bias is None else lm_head.bias.detach()
+        return F.linear(self.head.norm(outputs).to(weight.dtype), weight, bias).float()
+
+    def forward(self, batch: TraceBatch) -> torch.Tensor:
+        """``(B, k, V)`` draft logits at every proposal position, with gradients.
+
+        The true pairs of the context window run in one pass (left padding masked, the
+        window's first token paired with a zero feature); the output at the last context
+        token predicts proposal 0. Then ``k - 1`` unrolled steps pair the head's previous
+        output with the previous proposal, as at decode time, and gradients flow back
+        through every step. With the full context in the window the logits equal the
+        decode-time ones.
+        """
+        config = self.head.config
+        if batch.context_features is None:
+            raise ValueError(
+                "the EAGLE head trains on the target's features: build the batch with "
+                "TraceBatch.from_traces(..., with_features=True) from traces decoded by a "
+                f"Target with hidden_layers={config.hidden_layers}"
+            )
+        if batch.context_features.shape[-1] != config.feature_size:
+            raise ValueError(
+                f"the batch's features have width {batch.context_features.shape[-1]} but the head "
+                f"reads hidden_layers {config.hidden_layers} of width {config.feature_size}"
+            )
+        mask = batch.context_mask
+        # The pair at window position p reads the feature at p - 1; none before the window.
+        projected = self.head.proj(batch.context_features.to(self.dtype))
+        previous = F.pad(projected[:, :-1], (0, 0, 1, 0)) * F.pad(mask[:, :-1], (1, 0))[..., None]
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        cache = KVCache()
+        out = self.head(self.embed(batch.context_ids), previous, positions, cache, mask)[:, -1]
+        outputs = [out]
+        key_mask = mask
+        for i in range(1, batch.k):
+            key_mask = F.pad(key_mask, (0, 1), value=True)
+            step_ids = batch.proposed[:, i - 1 : i]
+            step_pos = positions[:, -1:] + i
+            out = self.head(self.embed(step_ids), out[:, None], step_pos, cache, key_mask)[:, 0]
+            outputs.append(out)
+        return self.logits(torch.stack(outputs, dim=1))
+
+
+class EagleDrafter:
+    """An EAGLE-style head drafting from the target's hidden states.
+
+    Args:
+        head: the trainable head (its config fixes which target layers it reads).
+        target_model: the target whose input embedding and LM head the head shares, frozen.
+        version: the published weight version.
+    """
+
+    kind = "eagle"
+    uses_target_features = True
+
+    def __init__(self, head: EagleHead, target_model: PreTrainedModel, version: int = 0) -> None:
+        self.model = EagleModel(head, target_model)
         self.target_model = target_model
         self.version = version
-        self._embedding, self._lm_head = embedding, lm_head
 
     @classmethod
     def from_target(
@@ -193,6 +265,10 @@ class EagleDrafter:
         return cls(head.to(target.model.dtype), target.model)
 
     @property
+    def head(self) -> EagleHead:
+        return self.model.head
+
+    @property
     def hidden_layers(self) -> tuple[int, ...]:
         return self.head.config.hidden_layers
 
@@ -201,23 +277,10 @@ class EagleDrafter:
         return self.head.config.vocab_size
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.head.proj.weight.dtype
-
-    @property
-    def trainable(self) -> nn.Module:
-        """The module whose parameters a learner optimises (the head only)."""
-        return self.head
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """The target's frozen token embeddings ``(..., d)`` of ``ids`` ``(...)``."""
-        return F.embedding(ids, self._embedding.weight.detach()).to(self.dtype)
-
-    def logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        """``(..., V)`` float32 logits of head outputs ``(..., d)`` through the frozen LM head."""
-        weight = self._lm_head.weight.detach()
-        bias = None if self._lm_head.bias is None else self._lm_head.bias.detach()
-        return F.linear(self.head.norm(outputs).to(weight.dtype), weight, bias).float()
+    def trainable(self) -> EagleModel:
+        """The module a learner optimises: ``forward(batch)`` gives proposal logits, and its
+        parameters are the head's only."""
+        return self.model
 
     def start(self, context_ids: torch.Tensor, target_hidden: torch.Tensor | None) -> EagleSession:
         expected = (len(context_ids) - 1, self.head.config.feature_size)
@@ -227,45 +290,12 @@ class EagleDrafter:
                 f"the EAGLE head needs the target's hidden_layers {self.hidden_layers} features at "
                 f"the {expected[0]} processed context positions, shape {expected}; got {got}"
             )
-        return EagleSession(self, context_ids, target_hidden)
+        return EagleSession(self.model, context_ids, target_hidden)
 
     def proposal_logits(self, batch: TraceBatch) -> torch.Tensor:
-        """``(B, k, V)`` draft logits at every proposal position, with gradients.
-
-        The true pairs of the context window run in one pass (left padding masked, the
-        window's first token paired with a zero feature); the output at the last context
-        token predicts proposal 0. Then ``k - 1`` unrolled steps pair the head's previous
-        output with the previous proposal, as at decode time, and gradients flow back
-        through every step. With the full context in the window the logits equal the
-        decode-time ones.
-        """
-        if batch.context_features is None:
-            raise ValueError(
-                "the EAGLE head trains on the target's features: build the batch with "
-                "TraceBatch.from_traces(..., with_features=True) from traces decoded by a "
-                f"Target with hidden_layers={self.hidden_layers}"
-            )
-        if batch.context_features.shape[-1] != self.head.config.feature_size:
-            raise ValueError(
-                f"the batch's features have width {batch.context_features.shape[-1]} but the head "
-                f"reads hidden_layers {self.hidden_layers} of width {self.head.config.feature_size}"
-            )
-        mask = batch.context_mask
-        # The pair at window position p reads the feature at p - 1; none before the window.
-        projected = self.head.proj(batch.context_features.to(self.dtype))
-        previous = F.pad(projected[:, :-1], (0, 0, 1, 0)) * F.pad(mask[:, :-1], (1, 0))[..., None]
-        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        cache = KVCache()
-        out = self.head(self.embed(batch.context_ids), previous, positions, cache, mask)[:, -1]
-        outputs = [out]
-        key_mask = mask
-        for i in range(1, batch.k):
-            key_mask = F.pad(key_mask, (0, 1), value=True)
-            step_ids = batch.proposed[:, i - 1 : i]
-            step_pos = positions[:, -1:] + i
-            out = self.head(self.embed(step_ids), out[:, None], step_pos, cache, key_mask)[:, 0]
-            outputs.append(out)
-        return self.logits(torch.stack(outputs, dim=1))
+        """``(B, k, V)`` draft logits at every proposal position, with gradients (see
+        ``EagleModel.forward``)."""
+        return self.model(batch)
 
     def clone(self, version: int | None = None) -> "EagleDrafter":
         """An independent copy of the head sharing the same frozen target parts."""
