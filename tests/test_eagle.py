@@ -369,3 +369,10 @@ def test_hot_swap_mid_sequence_stays_lossless(random_target_model):
             versions.append(decoder.step(state).draft_version)
         assert state.generated.tolist() == reference_tokens(model, prompt, 32)
         assert len(versions) > 2 and versions[:2] == [0, 0] and set(versions[2:]) == {1}
+
+
+def test_decoder_refuses_a_target_recording_other_layers_of_the_same_width():
+    model = make_llama(vocab=61, hidden=32, layers=2, seed=0)
+    head = EagleDrafter.from_target(Target(model, (-1,)))
+    with pytest.raises(ValueError, match=re.escape("the drafter reads the target's hidden_layers (-1,) but the Target records (1,)")):
+        SpeculativeDecoder(Target(model, (1,)), head)

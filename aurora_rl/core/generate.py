@@ -72,11 +72,16 @@ class SpeculativeDecoder:
         current = self.current_policy()
         if current is not None:
             check_vocab_compatible(current.vocab_size, target.vocab_size)
-            if current.uses_target_features and not target.hidden_layers:
-                raise ValueError(
-                    "the drafter reads the target's hidden states but the Target records none; "
-                    "build it with Target(model, hidden_layers=...) as the drafter expects"
-                )
+            if current.uses_target_features:
+                wanted = tuple(getattr(current, "hidden_layers", ()))
+                if not target.hidden_layers or (
+                    wanted and target.normalized_layers(wanted) != target.normalized_layers(target.hidden_layers)
+                ):
+                    raise ValueError(
+                        f"the drafter reads the target's hidden_layers {wanted or '(some)'} but the Target "
+                        f"records {target.hidden_layers or 'none'}; build it with "
+                        f"Target(model, hidden_layers={wanted or '...'})"
+                    )
 
     def current_policy(self) -> DraftPolicy | None:
         if self._policy is None or isinstance(self._policy, DraftPolicy):

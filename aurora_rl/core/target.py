@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 
 class RollbackCache:
@@ -124,6 +124,11 @@ class Target:
     def max_positions(self) -> int:
         return getattr(self.model.config, "max_position_embeddings", 1 << 30)
 
+    def normalized_layers(self, layers: Sequence[int]) -> tuple[int, ...]:
+        """``layers`` as non-negative indices (so ``-1`` equals the last layer's index)."""
+        num_states = self.model.config.num_hidden_layers + 1
+        return tuple(layer % num_states for layer in layers)
+
     @property
     def feature_size(self) -> int:
         return self.model.config.hidden_size * len(self.hidden_layers)
@@ -134,3 +139,13 @@ class Target:
     def forward(self, cache: RollbackCache, token_ids: Sequence[int] | torch.Tensor) -> ModelOutput:
         """Append ``token_ids`` to ``cache`` and return their logits (and hidden states)."""
         return run_cached(self.model, cache, token_ids, self.hidden_layers)
+
+
+def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, where: str) -> None:
+    """A tokenizer whose ids run past the model's output vocabulary belongs to another model."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        raise ValueError(
+            f"the tokenizer at {where} has {len(tokenizer)} tokens but the model's vocabulary has "
+            f"{vocab}: they do not belong together; load both from the same model directory"
+        )
