@@ -1,0 +1,108 @@
+"""Offline-pretrained small-LM drafters: language-modelled on a world's text, cached on disk.
+
+This is how a "static" draft is made before any serving: trained once, offline, on the
+domains someone had at hand. Built once per (world, recipe), verified like a world.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.world import World, train_causal_lm
+from aurora_rl.world.cache import InvalidWorld, cache_root, exclusive_lock, read_manifest, staging_directory, write_manifest
+
+logger = logging.getLogger(__name__)
+
+DRAFTER_BUILD_VERSION = 1
+REQUIRED_FILES = ("policy.json", "config.json", "model.safetensors")
+
+
+@dataclass(frozen=True)
+class DrafterRecipe:
+    domains: tuple[str, ...] | None = field(
+        default=None, metadata={"help": "world domains to pretrain on (None = all of them)"}
+    )
+    steps: int = field(default=300, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "sequences per step"})
+    seq_len: int = field(default=128, metadata={"help": "tokens per sequence"})
+    lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate"})
+    seed: int = field(default=0, metadata={"help": "seeds init and batch order"})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DrafterRecipe.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"DrafterRecipe.lr must be > 0, got {self.lr}")
+        if self.domains is not None and not self.domains:
+            raise ValueError("DrafterRecipe.domains must be None (all) or a non-empty tuple")
+
+
+def fingerprint(world: World, recipe: DrafterRecipe) -> str:
+    payload = {
+        "build_version": DRAFTER_BUILD_VERSION,
+        "world": world.recipe.fingerprint(),
+        "recipe": asdict(recipe),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def pretrained_drafter(
+    world: World,
+    recipe: DrafterRecipe = DrafterRecipe(),
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> SmallLMDrafter:
+    """A small-LM drafter (the world's drafter shape) pretrained on the world's training
+    text of ``recipe.domains``; built on first use, then loaded from the cache."""
+    unknown = set(recipe.domains or ()) - set(world.domains)
+    if unknown:
+        raise ValueError(f"domains {sorted(unknown)} are not in world {world.name!r} (it has {world.domains})")
+    key = fingerprint(world, recipe)
+    directory = drafter_directory(world, recipe, cache_dir)
+    with exclusive_lock(directory.parent / f"{directory.name}.lock"):
+        try:
+            read_manifest(directory, key, REQUIRED_FILES)
+            return SmallLMDrafter.from_pretrained(directory)
+        except InvalidWorld as why:
+            if directory.exists():
+                logger.warning("rebuilding pretrained drafter at %s: %s", directory, why)
+        with staging_directory(directory) as staging:
+            drafter = _train(world, recipe, progress)
+            drafter.save_pretrained(staging)
+            write_manifest(staging, {"recipe_fingerprint": key, "recipe": asdict(recipe), "world": world.name})
+    return SmallLMDrafter.from_pretrained(directory)
+
+
+def _train(world: World, recipe: DrafterRecipe, progress: bool) -> SmallLMDrafter:
+    data = world.dataset("train")
+    if recipe.domains is not None:
+        data = data.filter(lambda row: row["domain"] in recipe.domains)
+    texts = [p + r for p, r in zip(data["prompt"], data["reference"])]
+    drafter = SmallLMDrafter.from_config(world.drafter_config(), seed=recipe.seed)
+    train_causal_lm(
+        drafter.model,
+        world.tokenizer(),
+        texts,
+        steps=recipe.steps,
+        batch_size=recipe.batch_size,
+        seq_len=recipe.seq_len,
+        lr=recipe.lr,
+        seed=recipe.seed,
+        warmup=min(20, recipe.steps),
+        progress=progress,
+        desc=f"pretrain drafter on {'all domains' if recipe.domains is None else '+'.join(recipe.domains)}",
+    )
+    return drafter
+
+
+def drafter_directory(world: World, recipe: DrafterRecipe, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``pretrained_drafter`` keeps this drafter (for users who want the files)."""
+    domains = "all" if recipe.domains is None else "+".join(recipe.domains)
+    return cache_root(cache_dir) / "drafters" / f"{world.name}-{domains}-{fingerprint(world, recipe)[:12]}"

@@ -1,0 +1,53 @@
+"""The publish gate: replay held-out traces and ask whether a candidate draft is better.
+
+Both the candidate and the live draft are scored on the *same* recorded positions: every
+judged proposal position (accepted ones and the first rejected one), where the recorded
+context is exactly what the draft saw at decode time. The score is the draft's chance to
+be accepted there -- ``1[argmax q == argmax p]`` for greedy traces, ``sum_x min(p, q)``
+(both shaped at the trace's temperature) for sampled ones -- averaged over positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from aurora_rl.algos.rl_losses import pg_positions
+from aurora_rl.core.batch import TraceBatch
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    publish: bool
+    candidate_score: float
+    live_score: float
+    positions: int
+
+
+@torch.no_grad()
+def acceptance_score(policy, batch: TraceBatch) -> tuple[float, int]:
+    """Mean per-position acceptance chance of ``policy`` on the judged positions of ``batch``."""
+    logits = policy.trainable(batch).float()
+    judged = pg_positions(batch.accept_mask, batch.valid_mask)
+    greedy = (batch.temperature == 0)[:, None].expand_as(judged)
+    matches = (logits.argmax(-1) == batch.target_probs.argmax(-1)).float()
+    temperature = batch.temperature.clamp_min(1e-6)[:, None, None]
+    q = (logits / temperature).softmax(-1)
+    p = (batch.target_probs.clamp_min(1e-30).log() / temperature).softmax(-1)
+    overlap = torch.minimum(p, q).sum(-1)
+    score = torch.where(greedy, matches, overlap)
+    count = int(judged.sum())
+    return (float(score[judged].mean()) if count else 0.0), count
+
+
+def gate(candidate, live, batch: TraceBatch | None, margin: float) -> GateDecision:
+    """Publish when ``candidate`` scores at least ``live - margin`` on ``batch``.
+
+    With no held-out traces yet there is nothing to replay: the candidate is published.
+    """
+    if batch is None:
+        return GateDecision(True, float("nan"), float("nan"), 0)
+    candidate_score, positions = acceptance_score(candidate, batch)
+    live_score, _ = acceptance_score(live, batch)
+    return GateDecision(candidate_score >= live_score - margin, candidate_score, live_score, positions)

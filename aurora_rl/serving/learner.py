@@ -1,0 +1,199 @@
+"""The learner: trains a private copy of the draft on the trace stream and publishes versions.
+
+Two schedules, one code path:
+
+- ``mode="sync"``: the owner calls ``train_round()`` at fixed points of the decode loop
+  (every ``train_every`` verify steps). Deterministic under a seed, so runs are
+  reproducible; the owner times decoding and learning separately, as if the learner had
+  its own device.
+- ``mode="async"``: ``start()`` runs rounds on a background thread; decoding never waits
+  for it and picks up each published version between two steps.
+
+Invariant 3: a rejected update (NaN/inf loss or gradient) is skipped and counted; a
+crashed learner stops learning, records why, and never takes decoding down with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from aurora_rl.algos import AlgoConfig, make_algorithm
+from aurora_rl.core.buffer import TraceBuffer
+from aurora_rl.serving.gate import GateDecision, gate
+from aurora_rl.serving.publish import LivePolicy
+
+logger = logging.getLogger(__name__)
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class LearnerConfig:
+    mode: str = _help("'sync' (deterministic lockstep with decoding) or 'async' (background thread)", "sync")
+    train_every: int = _help("sync: verify steps between two learner rounds", 16)
+    updates_per_round: int = _help("sync: optimizer steps per round", 2)
+    publish_every: int = _help("optimizer steps between published draft versions (the weight-sync interval)", 16)
+    min_traces: int = _help("no training until the buffer holds this many traces", 64)
+    buffer_capacity: int = _help("most traces the buffer holds (oldest evicted)", 4096)
+    max_staleness: int | None = _help("drop/down-weight traces more than this many versions old (null = keep)", None)
+    staleness_policy: str = _help("'drop' or 'downweight' stale traces", "drop")
+    gate: bool = _help("replay held-out traces and publish only candidates that do not regress", True)
+    gate_margin: float = _help("publish if candidate score >= live score - margin", 0.0)
+    gate_traces: int = _help("most recent held-out traces replayed by the gate", 128)
+    heldout_fraction: float = _help("share of requests kept out of training for the gate", 0.1)
+    rollback_window: int = _help("verify steps after a swap over which live acceptance is watched (0 = never roll back)", 64)
+    rollback_drop: float = _help("roll back if live accepted/step falls by more than this fraction after a swap", 0.25)
+    async_idle_seconds: float = _help("async: sleep when there is nothing to train on", 0.05)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sync", "async"):
+            raise ValueError(f"learner.mode must be 'sync' or 'async', got {self.mode!r}")
+        for name in ("train_every", "updates_per_round", "publish_every", "min_traces", "buffer_capacity", "gate_traces"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"learner.{name} must be >= 1, got {getattr(self, name)}")
+        if self.staleness_policy not in ("drop", "downweight"):
+            raise ValueError(f"learner.staleness_policy must be 'drop' or 'downweight', got {self.staleness_policy!r}")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"learner.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        if not 0.0 <= self.rollback_drop < 1.0:
+            raise ValueError(f"learner.rollback_drop must be in [0, 1), got {self.rollback_drop}")
+        if self.rollback_window < 0:
+            raise ValueError(f"learner.rollback_window must be >= 0, got {self.rollback_window}")
+
+    def make_buffer(self) -> TraceBuffer:
+        return TraceBuffer(
+            capacity=self.buffer_capacity,
+            max_staleness=self.max_staleness,
+            policy=self.staleness_policy,
+            heldout_fraction=self.heldout_fraction if self.gate else 0.0,
+            heldout_capacity=self.gate_traces,
+        )
+
+
+class Learner:
+    """Trains a copy of the live draft from ``buffer`` and publishes to ``live``.
+
+    Args:
+        live: the serving side's live policy (publishes go here).
+        buffer: where decoding deposits traces.
+        algo: the learning rule.
+        config: schedule, gate and rollback settings.
+        pad_id: padding token for trace batches.
+        seed: seeds batch sampling.
+        accelerator: optional ``accelerate.Accelerator`` for the algorithm.
+    """
+
+    def __init__(self, live: LivePolicy, buffer: TraceBuffer, algo: AlgoConfig, config: LearnerConfig,
+                 pad_id: int = 0, seed: int = 0, accelerator=None) -> None:
+        self.live, self.buffer, self.algo_config, self.config = live, buffer, algo, config
+        self.pad_id = pad_id
+        self.accelerator = accelerator
+        self.generator = torch.Generator().manual_seed(seed)
+        self.algorithm = make_algorithm(live.current.clone(), algo, accelerator)
+        self.updates = 0
+        self.published = 0
+        self.gate_rejections = 0
+        self.last_gate: GateDecision | None = None
+        self.error: str | None = None
+        self.metrics: deque[dict[str, float]] = deque(maxlen=10_000)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # one round at a time
+
+    @property
+    def state(self) -> str:
+        if self.error is not None:
+            return "crashed"
+        if self._thread is not None and self._thread.is_alive():
+            return "running"
+        return "idle"
+
+    @property
+    def needs_exploration(self) -> bool:
+        return self.algorithm.needs_exploration
+
+    def ready(self) -> bool:
+        return len(self.buffer) >= self.config.min_traces
+
+    def train_round(self, updates: int | None = None) -> list[dict[str, float]]:
+        """Up to ``updates`` optimizer steps (default ``updates_per_round``), publishing every
+        ``publish_every`` steps. Returns the metrics of each step. Never raises: an error
+        marks the learner crashed and stops further rounds."""
+        if self.error is not None or not self.ready():
+            return []
+        produced = []
+        with self._lock:
+            try:
+                for _ in range(updates or self.config.updates_per_round):
+                    traces, weights = self.buffer.sample(self.algo_config.batch_size, self.generator)
+                    if not traces:
+                        break
+                    metrics = self.algorithm.update(self.algorithm.batch(traces, weights, self.pad_id))
+                    metrics["learner/version"] = float(self.live.version)
+                    if metrics["update/rejected"]:
+                        logger.warning("learner rejected an update: %s", self.algorithm.last_rejection)
+                    else:
+                        self.updates += 1
+                        if self.updates % self.config.publish_every == 0:
+                            metrics.update(self.publish())
+                    produced.append(metrics)
+            except Exception:  # a learner bug must never reach decoding
+                self.error = traceback.format_exc()
+                logger.error("learner crashed; serving continues with version %d:\n%s", self.live.version, self.error)
+        self.metrics.extend(produced)
+        return produced
+
+    def publish(self) -> dict[str, float]:
+        """Gate the trained copy against the live draft; publish it as the next version if it passes."""
+        live = self.live.current
+        candidate = self.algorithm.policy.clone(version=self.live.next_version)
+        heldout = self.buffer.heldout()[-self.config.gate_traces:]
+        batch = self.algorithm.batch(heldout, pad_id=self.pad_id) if (self.config.gate and heldout) else None
+        decision = gate(candidate, live, batch, self.config.gate_margin)
+        self.last_gate = decision
+        if decision.publish:
+            self.live.publish(candidate)
+            self.buffer.set_version(candidate.version)
+            self.published += 1
+        else:
+            self.gate_rejections += 1
+        return {
+            "learner/published": float(decision.publish),
+            "learner/gate_candidate": decision.candidate_score,
+            "learner/gate_live": decision.live_score,
+        }
+
+    def reset_to_live(self) -> None:
+        """Restart training from the live version (after a rollback): the copy that produced
+        the bad version is discarded with its optimizer state."""
+        with self._lock:
+            self.algorithm = make_algorithm(self.live.current.clone(), self.algo_config, self.accelerator)
+
+    # --- async schedule -------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="aurora-learner", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.error is None:
+            if not self.train_round(1):
+                self._stop.wait(self.config.async_idle_seconds)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the background thread after its current step."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,123 @@
+"""How each arm's draft starts: from scratch, pretrained offline, or offline-finetuned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+
+from aurora_rl.algos import make_algorithm
+from aurora_rl.core.generate import SpeculativeDecoder
+from aurora_rl.core.target import Target
+from aurora_rl.core.trace import Trace
+from aurora_rl.policies.checkpoint import POLICY_FILE, read_manifest
+from aurora_rl.policies.eagle import EagleDrafter
+from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter
+from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.train.config import ARMS, TrainConfig
+from aurora_rl.world import World
+from aurora_rl.world.traffic import Request, make_traffic
+
+
+@dataclass
+class Setting:
+    """What every arm shares: the config, the world, the target and its tokenizer."""
+
+    cfg: TrainConfig
+    world: World
+    target: Target
+    tokenizer: PreTrainedTokenizerBase
+    pretrained_cache: object | None = None
+
+    @property
+    def eos(self) -> list[int]:
+        return [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
+
+
+def scratch_drafter(s: Setting):
+    """A freshly initialised drafter of the configured kind."""
+    if s.cfg.drafter.kind == "eagle":
+        return EagleDrafter.from_target(s.target, seed=s.cfg.seed)
+    if s.cfg.drafter.path:  # an external target: the given drafter's shape, re-initialised
+        template = load_drafter(s.cfg.drafter.path, s.target)
+        return SmallLMDrafter.from_config(template.model.config, seed=s.cfg.seed)
+    return SmallLMDrafter.from_config(s.world.drafter_config(), seed=s.cfg.seed)
+
+
+def load_drafter(path: str | Path, target: Target):
+    """A saved aurora_rl drafter, or (small_lm) any HF causal LM directory."""
+    path = Path(path)
+    if not (path / POLICY_FILE).is_file():
+        return SmallLMDrafter(AutoModelForCausalLM.from_pretrained(str(path)))
+    if read_manifest(path)["kind"] == "eagle":
+        return EagleDrafter.from_pretrained(path, target)
+    return SmallLMDrafter.from_pretrained(path)
+
+
+def pretrained(s: Setting):
+    """The static draft every 'pretrained' arm starts from.
+
+    small_lm: language-modelled on the world's text of ``drafter.pretrain_domains``.
+    eagle: a head has no text-only form, so it is distilled offline on traces of those
+    domains' training prompts (the offline arm's recipe).
+    """
+    cfg = s.cfg
+    if cfg.drafter.path:
+        return load_drafter(cfg.drafter.path, s.target)
+    domains = tuple(cfg.drafter.pretrain_domains) if cfg.drafter.pretrain_domains else None
+    if cfg.drafter.kind == "small_lm":
+        recipe = DrafterRecipe(domains=domains, steps=cfg.drafter.pretrain_steps, seed=cfg.seed)
+        return pretrained_drafter(s.world, recipe, cfg.world.cache_dir, progress=cfg.progress)
+    data = s.world.dataset("train")
+    if domains:
+        data = data.filter(lambda row: row["domain"] in domains)
+    requests = make_traffic(data, "mixed", cfg.offline.num_requests, seed=cfg.seed).requests
+    return offline_finetune(s, scratch_drafter(s), requests, cfg.drafter.pretrain_steps, "pretrain eagle")
+
+
+def collect_traces(s: Setting, decoder: SpeculativeDecoder, requests: list[Request], desc: str) -> list[Trace]:
+    """Decode ``requests`` with a fixed draft and keep every trace that has proposals."""
+    traces = []
+    for request in tqdm(requests, desc=desc, disable=not s.cfg.progress, unit="req"):
+        generator = torch.Generator().manual_seed(s.cfg.seed * 1_000_003 + request.index)
+        ids = s.tokenizer(request.prompt)["input_ids"]
+        gen = decoder.generate(ids, s.cfg.traffic.max_new_tokens, generator, request.request_id, request.domain)
+        traces += [t for t in gen.traces if t.num_proposed]
+    return traces
+
+
+def offline_finetune(s: Setting, drafter, requests: list[Request], updates: int, desc: str):
+    """Collect traces on ``requests`` with ``drafter`` fixed, then train it ``updates`` steps."""
+    cfg = s.cfg
+    algorithm = make_algorithm(drafter, cfg.algo)
+    explore = cfg.algo.explore_temperature if algorithm.needs_exploration else None
+    decoder = SpeculativeDecoder(s.target, drafter, cfg.decode.to_decode_config(explore), s.eos)
+    traces = collect_traces(s, decoder, requests, f"{desc}: collect")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for _ in tqdm(range(updates), desc=f"{desc}: train", disable=not cfg.progress, unit="step"):
+        chosen = torch.randperm(len(traces), generator=generator)[: cfg.algo.batch_size].tolist()
+        algorithm.update(algorithm.batch([traces[i] for i in chosen], pad_id=s.pad_id))
+    return algorithm.policy
+
+
+def initial_drafter(s: Setting, arm: str):
+    """The drafter ``arm`` serves with at request 0 (a private copy)."""
+    mode, init = ARMS[arm]
+    if init == "pretrained":
+        if s.pretrained_cache is None:  # built once per run, shared by every pretrained arm
+            s.pretrained_cache = pretrained(s)
+        drafter = s.pretrained_cache.clone()
+    else:
+        drafter = scratch_drafter(s)
+    if mode == "offline":
+        data = s.world.dataset("train")
+        requests = make_traffic(data, s.cfg.offline.schedule, s.cfg.offline.num_requests, seed=s.cfg.seed + 1).requests
+        drafter = offline_finetune(s, drafter, requests, s.cfg.offline.updates, "offline arm")
+    return drafter

@@ -1,0 +1,202 @@
+"""The configuration of ``python -m aurora_rl.train``: one documented dataclass per part.
+
+Precedence: dataclass defaults < ``--config file.yaml`` < ``key=value`` overrides on the
+command line. Every problem -- unknown key, bad type, out-of-range value, missing model
+path -- is a :class:`ConfigError` naming the key and the fix, raised before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from aurora_rl.algos.config import AlgoConfig
+from aurora_rl.core.sampling import SamplingParams
+from aurora_rl.core.spec import DecodeConfig
+from aurora_rl.serving.learner import LearnerConfig
+from aurora_rl.world.traffic import SCHEDULES
+
+ARMS = {
+    # name: (how the draft is used, how it starts)
+    "static": ("static", "pretrained"),
+    "offline": ("offline", "pretrained"),
+    "online_scratch": ("online", "scratch"),
+    "online_pretrained": ("online", "pretrained"),
+}
+DRAFTER_KINDS = ("small_lm", "eagle")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, said with the key and the fix."""
+
+
+def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class WorldSection:
+    name: str = _help("the miniature world: 'tiny' (tests) or 'default'", "default")
+    cache_dir: str | None = _help("where worlds and pretrained drafters are cached (null = $AURORA_RL_CACHE or ~/.cache/aurora_rl)", None)
+    target: str | None = _help("a HF hub id or local model directory to verify with instead of the world's target (its tokenizer is loaded from there)", None)
+
+
+@dataclass
+class TrafficSection:
+    source: str | None = _help("prompts: null = the world's held-out split, or a .jsonl / .parquet file / HF dataset id with a 'prompt' column", None)
+    schedule: str = _help("how the domain mixture moves: mixed | ordered (abrupt shifts) | drift (gradual)", "ordered")
+    num_requests: int = _help("requests served per arm", 300)
+    domains: list[str] | None = _help("domains in phase order (null = the dataset's)", None)
+    num_phases: int | None = _help("ordered/drift: domain visits (null = each domain once)", None)
+    max_new_tokens: int = _help("token budget per request", 64)
+
+
+@dataclass
+class DecodeSection:
+    k: int = _help("proposals per verify step (lookahead)", 4)
+    temperature: float = _help("target decoding temperature (0 = greedy)", 0.0)
+    top_k: int = _help("target top-k (0 = off)", 0)
+    top_p: float = _help("target top-p (1 = off)", 1.0)
+    trace_topk: int | None = _help("keep only the target's top-K probabilities in traces (null = full vocabulary)", None)
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"decode.k={self.k} must be >= 1 (proposals per verify step)")
+        if not self.temperature >= 0:
+            raise ValueError(f"decode.temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if self.top_k < 0:
+            raise ValueError(f"decode.top_k={self.top_k} must be >= 0 (0 = off)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"decode.top_p={self.top_p} must be in (0, 1] (1 = off)")
+        if self.trace_topk is not None and self.trace_topk < 1:
+            raise ValueError(f"decode.trace_topk={self.trace_topk} must be >= 1 or null (full vocabulary)")
+
+    def to_decode_config(self, explore_temperature: float | None = None) -> DecodeConfig:
+        sampling = SamplingParams(self.temperature, self.top_k, self.top_p)
+        return DecodeConfig(self.k, sampling, explore_temperature, self.trace_topk)
+
+
+@dataclass
+class DrafterSection:
+    kind: str = _help("small_lm (independent small causal LM) or eagle (head on the target's hidden states)", "small_lm")
+    path: str | None = _help("start every 'pretrained' arm from this saved drafter directory (or, for small_lm, any HF causal LM dir) instead of pretraining one", None)
+    pretrain_domains: list[str] | None = _help("domains the static draft is pretrained on (null = all); traffic from other domains is a shift for it", None)
+    pretrain_steps: int = _help("optimizer steps of offline pretraining", 300)
+    eagle_layers: list[int] = _help("eagle: target hidden states it reads (HF hidden_states indices; -1 = last)", factory=lambda: [-1])
+
+
+@dataclass
+class OfflineSection:
+    num_requests: int = _help("offline arm: requests of the world's *train* split decoded to collect traces", 200)
+    schedule: str = _help("offline arm: traffic schedule of that collection", "mixed")
+    updates: int = _help("offline arm: optimizer steps on the collected traces", 400)
+
+
+@dataclass
+class TrainConfig:
+    run_name: str = _help("run directory name under output_dir (empty = <arms>-<schedule>-seed<seed>)", "")
+    output_dir: str = _help("where runs/<run_name>/ is written", "runs")
+    seed: int = _help("seeds everything; the same seed gives the same run on CPU", 0)
+    arms: list[str] = _help(
+        "what runs side by side on the same traffic: static (pretrained, never updated), offline "
+        "(pretrained + finetuned on offline traces, then static), online_scratch, online_pretrained",
+        factory=lambda: list(ARMS),
+    )
+    progress: bool = _help("show progress bars", True)
+    world: WorldSection = _help("target, tokenizer and prompts", factory=WorldSection)
+    traffic: TrafficSection = _help("the request stream every arm serves", factory=TrafficSection)
+    decode: DecodeSection = _help("speculative decoding", factory=DecodeSection)
+    drafter: DrafterSection = _help("the draft policy", factory=DrafterSection)
+    algo: AlgoConfig = _help("the learning rule", factory=AlgoConfig)
+    learner: LearnerConfig = _help("online learning schedule, gate and rollback", factory=LearnerConfig)
+    offline: OfflineSection = _help("the offline arm's trace collection and training", factory=OfflineSection)
+
+
+def describe(cls=TrainConfig, prefix: str = "") -> list[str]:
+    """``key (default): help`` for every configurable field, for ``--help``."""
+    lines = []
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{prefix}{f.name}: {f.metadata.get('help', '')}")
+            lines += describe(type(value), prefix + f.name + ".")
+        else:
+            lines.append(f"  {prefix}{f.name} ({value!r}): {f.metadata.get('help', '')}")
+    return lines
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or os.sep in value and value.count("/") != 1
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Checks that need more than one field, or the filesystem."""
+    unknown = [arm for arm in cfg.arms if arm not in ARMS]
+    if unknown or not cfg.arms:
+        raise ConfigError(f"arms={cfg.arms}: each arm must be one of {', '.join(ARMS)}")
+    if cfg.traffic.schedule not in SCHEDULES:
+        raise ConfigError(f"traffic.schedule={cfg.traffic.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    if cfg.offline.schedule not in SCHEDULES:
+        raise ConfigError(f"offline.schedule={cfg.offline.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    for key, value in [("traffic.num_requests", cfg.traffic.num_requests), ("traffic.max_new_tokens", cfg.traffic.max_new_tokens),
+                       ("offline.num_requests", cfg.offline.num_requests), ("offline.updates", cfg.offline.updates),
+                       ("drafter.pretrain_steps", cfg.drafter.pretrain_steps)]:
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be >= 1")
+    if cfg.decode.k >= cfg.traffic.max_new_tokens:
+        raise ConfigError(f"decode.k={cfg.decode.k} must be < traffic.max_new_tokens={cfg.traffic.max_new_tokens} (a step emits up to k + 1 tokens)")
+    if cfg.drafter.kind not in DRAFTER_KINDS:
+        raise ConfigError(f"drafter.kind={cfg.drafter.kind!r} is not one of {', '.join(DRAFTER_KINDS)}")
+    for key in ("world.target", "drafter.path", "traffic.source"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and _looks_like_path(value) and not Path(value).expanduser().exists():
+            raise ConfigError(f"{key}={value!r} does not exist: give an existing local path (or a hub id, online)")
+    if cfg.world.target and not cfg.drafter.path and any(ARMS[a][1] == "pretrained" for a in cfg.arms) and cfg.drafter.kind == "small_lm":
+        raise ConfigError(
+            "world.target is an external model, so the world's drafter pretraining does not fit its "
+            "vocabulary: set drafter.path to a small causal LM sharing its tokenizer, or use arms=[online_scratch]"
+        )
+
+
+def load_config(argv: list[str]) -> TrainConfig:
+    """``[--config FILE.yaml] [key=value ...]`` -> a validated ``TrainConfig``."""
+    argv = list(argv)
+    files = []
+    while "--config" in argv:
+        at = argv.index("--config")
+        if at + 1 >= len(argv):
+            raise ConfigError("--config needs a YAML file path")
+        files.append(argv[at + 1])
+        del argv[at : at + 2]
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise ConfigError(f"cannot parse {bad}: overrides look like key=value (e.g. algo.name=pg); see --help")
+    try:
+        merged = OmegaConf.structured(TrainConfig)
+        for path in files:
+            if not Path(path).is_file():
+                raise ConfigError(f"--config {path!r} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(argv))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or ""
+        message = str(error).splitlines()[0]
+        raise ConfigError(f"bad config key {key!r}: {message} (see python -m aurora_rl.train --help)") from None
+    except ValueError as error:  # a dataclass __post_init__ range check
+        raise ConfigError(str(error)) from None
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,98 @@
+"""What a train run records: TensorBoard events per arm, and the numbers of summary.json.
+
+Algorithms return metrics; this is the only place that writes them (SB3's logger idea).
+Tags: ``spec/*`` (acceptance), ``charts/*`` (speed, versions, buffer), ``losses/*`` and
+``update/*`` / ``learner/*`` (learning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+from aurora_rl.core.buffer import BufferStats
+from aurora_rl.core.generate import Generation
+from aurora_rl.core.trace import Trace
+from aurora_rl.world.traffic import Phase, Request
+
+
+class ArmRecorder:
+    """Collects one arm's per-request and per-step figures and writes TensorBoard events."""
+
+    def __init__(self, run_dir: Path, arm: str, phases: list[Phase], k: int) -> None:
+        self.arm = arm
+        self.phases = phases
+        self.writer = SummaryWriter(str(run_dir / "tensorboard" / arm))
+        self.requests: list[dict] = []
+        self.position_judged = [0] * k
+        self.position_accepted = [0] * k
+
+    def step(self, trace: Trace) -> None:
+        for i in range(trace.num_proposed):
+            judged = i <= trace.num_accepted  # accepted ones and the first rejected one
+            self.position_judged[i] += judged
+            self.position_accepted[i] += bool(trace.accept_mask[i])
+
+    def request(self, request: Request, gen: Generation, decode_seconds: float, version: int, buffer: BufferStats | None) -> None:
+        row = {
+            "index": request.index,
+            "domain": request.domain,
+            "phase": request.phase,
+            "tokens": len(gen.tokens),
+            "steps": gen.num_steps,
+            "accepted": gen.accepted,
+            "accepted_length": gen.accepted_length,
+            "decode_seconds": decode_seconds,
+            "version": version,
+        }
+        self.requests.append(row)
+        i = request.index
+        w = self.writer
+        w.add_scalar("spec/accepted_length", gen.accepted_length, i)
+        w.add_scalar(f"spec/accepted_length_by_domain/{request.domain}", gen.accepted_length, i)
+        w.add_scalar("charts/tokens_per_s", len(gen.tokens) / max(decode_seconds, 1e-9), i)
+        w.add_scalar("charts/draft_version", version, i)
+        if buffer is not None:
+            w.add_scalar("charts/buffer_size", buffer.size, i)
+            w.add_scalar("charts/buffer_mean_staleness", buffer.mean_staleness, i)
+            w.add_scalar("charts/buffer_dropped", buffer.dropped_full + buffer.dropped_stale, i)
+        if i % 10 == 9:
+            for pos, (judged, accepted) in enumerate(zip(self.position_judged, self.position_accepted)):
+                if judged:
+                    w.add_scalar(f"spec/accept_rate_at_position/{pos}", accepted / judged, i)
+
+    def learner(self, metrics: list[dict[str, float]], first_step: int) -> None:
+        for offset, row in enumerate(metrics):
+            for tag, value in row.items():
+                self.writer.add_scalar(tag, value, first_step + offset)
+
+    def summary(self, extra: dict) -> dict:
+        """Accepted length (tokens per verify step) overall and per traffic phase, tokens/s."""
+        def aggregate(rows):
+            tokens, steps = sum(r["tokens"] for r in rows), sum(r["steps"] for r in rows)
+            seconds = sum(r["decode_seconds"] for r in rows)
+            return {
+                "accepted_length": tokens / max(steps, 1),
+                "tokens_per_s": tokens / max(seconds, 1e-9),
+                "requests": len(rows),
+            }
+
+        phases = []
+        for number, phase in enumerate(self.phases):
+            rows = [r for r in self.requests if phase.start <= r["index"] < phase.end]
+            phases.append({"phase": number, **asdict(phase), **aggregate(rows)})
+        judged = self.position_judged
+        return {
+            **aggregate(self.requests),
+            "phases": phases,
+            "accept_rate_at_position": [a / j if j else None for a, j in zip(self.position_accepted, judged)],
+            **extra,
+            "per_request_accepted_length": [r["accepted_length"] for r in self.requests],
+        }
+
+    def close(self, hparams: dict, result: dict) -> None:
+        self.writer.add_hparams(hparams, {"hparam/accepted_length": result["accepted_length"],
+                                          "hparam/tokens_per_s": result["tokens_per_s"]}, run_name=".")
+        self.writer.close()
