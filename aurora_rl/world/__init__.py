@@ -1,1 +1,32 @@
-"""aurora_rl.world."""
+"""aurora_rl.world: the miniature world every experiment, example and test runs in.
+
+Five text domains built offline (code, prose, math, sql, chat), a byte-level BPE tokenizer
+and a small Llama-style target trained on them, cached on disk and loadable like any
+Hugging Face model; plus seeded traffic streams (mixed, ordered, drift) over any prompt set.
+
+    world = get_world("tiny")                # or "default", or a WorldRecipe
+    target, tokenizer = world.target(), world.tokenizer()
+    stream = make_traffic(world.dataset("heldout"), "ordered", num_requests=100, seed=0)
+"""
+
+from .lm_training import train_causal_lm
+from .recipe import BUILD_VERSION, RECIPES, ModelShape, WorldRecipe
+from .traffic import SCHEDULES, Phase, Request, TrafficStream, load_prompts, make_traffic
+from .world import World, get_world, world_dir
+
+__all__ = [
+    "BUILD_VERSION",
+    "RECIPES",
+    "ModelShape",
+    "Phase",
+    "Request",
+    "SCHEDULES",
+    "TrafficStream",
+    "World",
+    "WorldRecipe",
+    "get_world",
+    "load_prompts",
+    "make_traffic",
+    "train_causal_lm",
+    "world_dir",
+]

@@ -1,0 +1,148 @@
+"""A small, deterministic causal-LM trainer: the world's target is trained with it, and so
+is any drafter pretrained on a slice of the world.
+
+Next-token cross-entropy on windows of one packed token stream; AdamW with linear warm-up
+and cosine decay; bf16 autocast with fp32 master weights (about 2.5x faster than fp32 on
+CPUs with AMX, and the usual mixed precision on GPUs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+WEIGHT_DECAY = 0.1
+GRAD_CLIP_NORM = 1.0
+MIN_LR_RATIO = 0.1  # the cosine schedule ends at lr * MIN_LR_RATIO
+
+
+def pack_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> torch.Tensor:
+    """<bos> text <eos> for every text, end to end: shape (total_tokens,), int64."""
+    if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+        raise ValueError("texts must be a sequence of str (a list of documents), not a single str or other items.")
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return torch.tensor(
+        [token for seq in ids for token in (tokenizer.bos_token_id, *seq, tokenizer.eos_token_id)], dtype=torch.long
+    )
+
+
+def window_starts(stream: torch.Tensor, seq_len: int, bos_token_id: int | None) -> torch.Tensor:
+    """Offsets where a training window of seq_len + 1 tokens may start, shape (num_starts,).
+
+    When the stream holds <bos> tokens, windows start at each document's <bos> (so row
+    position 0 is <bos>, as at inference) and every seq_len tokens further into documents
+    longer than a window (so no token goes unseen). Otherwise any offset is a start.
+    """
+    last = stream.numel() - (seq_len + 1)
+    if last < 0:
+        raise ValueError(
+            f"the token stream has {stream.numel()} tokens, fewer than seq_len + 1 = {seq_len + 1}: "
+            "pass more text or lower seq_len."
+        )
+    bos_positions = (stream == bos_token_id).nonzero().flatten().tolist() if bos_token_id is not None else []
+    if not bos_positions:
+        return torch.arange(last + 1)
+    boundaries = sorted({0, *bos_positions}) + [stream.numel()]
+    starts = [s for begin, end in zip(boundaries, boundaries[1:]) for s in range(begin, end, seq_len) if s <= last]
+    return torch.tensor(starts, dtype=torch.long)
+
+
+def cosine_with_warmup(step: int, steps: int, warmup: int) -> float:
+    """Learning-rate multiplier at `step` (0-based): linear warm-up to 1, cosine down to MIN_LR_RATIO."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_causal_lm(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts_or_token_stream: Sequence[str] | torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    seq_len: int,
+    lr: float,
+    seed: int,
+    warmup: int = 0,
+    progress: bool = True,
+    desc: str = "train",
+) -> dict[str, float]:
+    """Train `model` in place on next-token prediction and return metrics.
+
+    Args:
+        model: a causal LM returning `.logits` of shape (B, T, V); trained on the device of its parameters.
+        tokenizer: supplies <bos> / <eos> ids (texts are packed as <bos> text <eos>).
+        texts_or_token_stream: a sequence of documents, or an already packed 1-D LongTensor of ids.
+        steps, batch_size, seq_len: each step draws `batch_size` windows of `seq_len` + 1 tokens.
+        lr, warmup: peak AdamW learning rate and linear warm-up steps before cosine decay.
+        seed: fixes the window order (and any dropout); the same seed, data and machine give
+            identical weights. The caller's global RNG state is left untouched.
+        progress, desc: show a tqdm bar with this label.
+
+    Returns:
+        {"steps", "tokens", "seconds", "tokens_per_second", "loss_first", "loss_last"}, where
+        loss_last is the mean loss over the last tenth of the steps. The model is left in eval mode.
+    """
+    if steps < 1 or batch_size < 1 or seq_len < 1 or not lr > 0 or not 0 <= warmup <= steps:
+        raise ValueError(
+            f"need steps >= 1, batch_size >= 1, seq_len >= 1, lr > 0, 0 <= warmup <= steps; got steps={steps}, "
+            f"batch_size={batch_size}, seq_len={seq_len}, lr={lr}, warmup={warmup}."
+        )
+    if isinstance(texts_or_token_stream, torch.Tensor):
+        if texts_or_token_stream.dim() != 1:
+            raise ValueError(f"a token stream must be 1-D; got shape {tuple(texts_or_token_stream.shape)}.")
+        stream = texts_or_token_stream.long()
+    else:
+        stream = pack_texts(tokenizer, texts_or_token_stream)
+    starts = window_starts(stream, seq_len, tokenizer.bos_token_id)
+    offsets = torch.arange(seq_len + 1)
+    device = next(model.parameters()).device
+
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]  # norms and biases
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, steps, warmup))
+
+    losses = []
+    began = time.perf_counter()
+    model.train()
+    with torch.random.fork_rng(devices=[]), tqdm(total=steps, desc=desc, disable=not progress, unit="step") as bar:
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            rows = starts[torch.randint(starts.numel(), (batch_size,), generator=generator)]
+            window = stream[rows[:, None] + offsets].to(device)  # (B, T + 1)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                logits = model(input_ids=window[:, :-1], use_cache=False).logits  # (B, T, V)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), window[:, 1:].flatten())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            bar.update()
+    model.eval()
+    seconds = time.perf_counter() - began
+    tail = losses[-max(1, steps // 10) :]
+    return {
+        "steps": float(steps),
+        "tokens": float(steps * batch_size * seq_len),
+        "seconds": seconds,
+        "tokens_per_second": steps * batch_size * seq_len / seconds,
+        "loss_first": losses[0],
+        "loss_last": sum(tail) / len(tail),
+    }

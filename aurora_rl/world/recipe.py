@@ -1,0 +1,182 @@
+"""What a world is made of: the recipe that fixes its corpora, tokenizer and target.
+
+A `WorldRecipe` is the whole input of a world build. Its hash (plus `BUILD_VERSION`)
+names the cache directory, so changing any field, or the build code's semantics, builds a
+new world instead of loading a stale one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+
+from transformers import LlamaConfig
+
+from .domains import GENERATORS
+
+# Bump when the build code changes what a recipe produces (corpora, tokenization,
+# training, file layout): every cached world is then rebuilt on first use.
+BUILD_VERSION = 2
+
+# The byte-level BPE base alphabet (256 bytes) plus <pad>, <bos>, <eos>.
+MIN_VOCAB_SIZE = 256 + 3
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The size of a Llama-style causal LM; vocabulary and special ids come from the world."""
+
+    layers: int = field(metadata={"help": "Number of decoder layers (>= 1)."})
+    hidden: int = field(metadata={"help": "Model width d; must be divisible by `heads`."})
+    heads: int = field(metadata={"help": "Attention heads (no grouped-query sharing); head dim = hidden / heads."})
+    intermediate: int = field(metadata={"help": "Width of the SwiGLU MLP (>= 1)."})
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "hidden", "heads", "intermediate"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelShape.{name}={value!r}: must be a positive int.")
+        if self.hidden % self.heads:
+            raise ValueError(
+                f"ModelShape.hidden={self.hidden} is not divisible by heads={self.heads}: "
+                f"pick a head count that divides the width (e.g. heads={self.hidden // 64 or 1})."
+            )
+
+    def llama_config(
+        self, *, vocab_size: int, bos_token_id: int, eos_token_id: int, pad_token_id: int, max_positions: int
+    ) -> LlamaConfig:
+        """A `LlamaConfig` of this shape with tied input/output embeddings."""
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.heads,
+            max_position_embeddings=max_positions,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            # Tied embeddings: at these sizes the vocabulary matrix is a large share of the
+            # parameters, and tying it is what small LMs (GPT-2, SmolLM) do.
+            tie_word_embeddings=True,
+        )
+
+
+def _check_range(owner: str, name: str, value: tuple[int, int]) -> None:
+    if not (len(value) == 2 and all(isinstance(v, int) for v in value) and 0 < value[0] <= value[1]):
+        raise ValueError(f"{owner}.{name}={value!r}: must be a (min, max) pair of ints with 0 < min <= max.")
+
+
+@dataclass(frozen=True)
+class WorldRecipe:
+    """Everything that determines a world. The defaults are the `default` world.
+
+    Sample lengths are budgets in characters, enforced on every domain: stdlib text is cut
+    into windows of whole lines within them, generated samples outside them are redrawn.
+    """
+
+    name: str = field(default="default", metadata={"help": "Cache directory prefix; letters, digits, '-' and '_'."})
+    seed: int = field(default=0, metadata={"help": "Seeds generated corpora, weight init and batch order."})
+    domains: tuple[str, ...] = field(
+        default=("code", "prose", "math", "sql", "chat"),
+        metadata={"help": f"Text domains, in order; each one of {sorted(GENERATORS)}."},
+    )
+    train_samples_per_domain: int = field(default=1600, metadata={"help": "Training samples per domain."})
+    heldout_samples_per_domain: int = field(default=200, metadata={"help": "Held-out samples per domain."})
+    prompt_chars: tuple[int, int] = field(default=(40, 240), metadata={"help": "(min, max) prompt length, chars."})
+    reference_chars: tuple[int, int] = field(
+        default=(100, 480), metadata={"help": "(min, max) reference continuation length, chars."}
+    )
+    vocab_size: int = field(default=4096, metadata={"help": f"Byte-level BPE vocabulary size (>= {MIN_VOCAB_SIZE})."})
+    target: ModelShape = field(
+        default=ModelShape(layers=6, hidden=384, heads=6, intermediate=1024),
+        metadata={"help": "Shape of the trained target model."},
+    )
+    drafter: ModelShape = field(
+        default=ModelShape(layers=1, hidden=128, heads=2, intermediate=384),
+        metadata={"help": "Shape of the world's default (untrained) small-LM drafter config."},
+    )
+    max_positions: int = field(default=512, metadata={"help": "max_position_embeddings of both models (>= seq_len)."})
+    train_steps: int = field(default=420, metadata={"help": "Optimizer steps for the target."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences per target training step."})
+    seq_len: int = field(default=256, metadata={"help": "Tokens per training sequence."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate (cosine decay)."})
+    warmup_steps: int = field(default=30, metadata={"help": "Linear warm-up steps (<= train_steps)."})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
+            raise ValueError(f"WorldRecipe.name={self.name!r}: use only letters, digits, '-' and '_'.")
+        if not self.domains or len(set(self.domains)) != len(self.domains):
+            raise ValueError(f"WorldRecipe.domains={self.domains!r}: must be a non-empty tuple without repeats.")
+        unknown = [d for d in self.domains if d not in GENERATORS]
+        if unknown:
+            raise ValueError(f"WorldRecipe.domains: unknown {unknown}; choose from {sorted(GENERATORS)}.")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"WorldRecipe.seed={self.seed!r}: must be a non-negative int.")
+        for name in ("train_samples_per_domain", "heldout_samples_per_domain", "max_positions", "train_steps",
+                     "batch_size", "seq_len"):  # fmt: skip
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"WorldRecipe.{name}={value!r}: must be a positive int.")
+        _check_range("WorldRecipe", "prompt_chars", self.prompt_chars)
+        _check_range("WorldRecipe", "reference_chars", self.reference_chars)
+        if self.vocab_size < MIN_VOCAB_SIZE:
+            raise ValueError(
+                f"WorldRecipe.vocab_size={self.vocab_size}: must be >= {MIN_VOCAB_SIZE} "
+                "(256 byte symbols + <pad>, <bos>, <eos>)."
+            )
+        if self.max_positions < self.seq_len:
+            raise ValueError(
+                f"WorldRecipe.max_positions={self.max_positions} < seq_len={self.seq_len}: "
+                "raise max_positions or lower seq_len."
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(f"WorldRecipe.learning_rate={self.learning_rate!r}: must be > 0.")
+        if not 0 <= self.warmup_steps <= self.train_steps:
+            raise ValueError(
+                f"WorldRecipe.warmup_steps={self.warmup_steps}: must be in [0, train_steps={self.train_steps}]."
+            )
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of every field (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def fingerprint(self) -> str:
+        """sha256 hex digest over every field and `BUILD_VERSION`: the cache key."""
+        payload = json.dumps({"build_version": BUILD_VERSION, "recipe": self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+RECIPES: dict[str, WorldRecipe] = {
+    "default": WorldRecipe(),
+    # Small enough to build in well under a minute for the tests, large enough that its
+    # greedy continuations still look like their domain.
+    "tiny": WorldRecipe(
+        name="tiny",
+        train_samples_per_domain=600,
+        heldout_samples_per_domain=40,
+        vocab_size=768,
+        target=ModelShape(layers=2, hidden=96, heads=4, intermediate=256),
+        drafter=ModelShape(layers=1, hidden=48, heads=2, intermediate=128),
+        train_steps=400,
+        batch_size=8,
+        seq_len=256,
+        learning_rate=3e-3,
+        warmup_steps=20,
+    ),
+}
+
+
+def resolve_recipe(world: str | WorldRecipe) -> WorldRecipe:
+    """A recipe from a registered name or a recipe itself."""
+    if isinstance(world, WorldRecipe):
+        return world
+    if world not in RECIPES:
+        raise ValueError(f"unknown world {world!r}: choose one of {sorted(RECIPES)} or pass a WorldRecipe.")
+    return RECIPES[world]
