@@ -1,1 +1,1 @@
-"""aurora_rl.envs."""
+"""Gymnasium environments: ``aurora_rl/SpecDecode-v0`` (registered on ``import aurora_rl``)."""

@@ -1,0 +1,39 @@
+"""Where an env gets its target, tokenizer and prompts: the world, or any model/prompt set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from aurora_rl.core.target import check_tokenizer_fits, load_causal_lm
+from aurora_rl.world import get_world
+from aurora_rl.world.traffic import load_prompts
+
+
+@dataclass
+class EnvSources:
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
+    prompts: datasets.Dataset  # column "prompt" (and "domain" when known)
+
+
+def load_env_sources(
+    world: str, model: str | Path | None, prompts: str | Path | None, cache_dir: str | Path | None
+) -> EnvSources:
+    """The world's target/tokenizer/held-out prompts, or a given model dir/hub id and prompts."""
+    if model is None:
+        built = get_world(world, cache_dir=cache_dir)
+        tokenizer, causal_lm, where = built.tokenizer(), built.target(), str(built.path)
+        default_prompts = built
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(model))
+        causal_lm, where = load_causal_lm(model), str(model)
+        default_prompts = world
+    check_tokenizer_fits(tokenizer, causal_lm, where)
+    dataset = load_prompts(prompts if prompts is not None else default_prompts, split="heldout")
+    if len(dataset) == 0:
+        raise ValueError(f"the prompt set {prompts or world!r} is empty")
+    return EnvSources(tokenizer, causal_lm, dataset)

@@ -1,0 +1,175 @@
+"""``aurora_rl/SpecDecode-v0``: Gymnasium conformance, seeding, errors, rewards, rendering."""
+
+import re
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.error import InvalidAction, ResetNeeded
+from gymnasium.utils.env_checker import check_env
+
+import aurora_rl  # noqa: F401  (registers the env)
+from aurora_rl.envs.agent import DraftAgent
+from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.world import get_world
+
+ENV_ID = "aurora_rl/SpecDecode-v0"
+
+
+@pytest.fixture(scope="module")
+def env():
+    return gym.make(ENV_ID)  # no arguments: the tiny world
+
+
+def test_registered_env_passes_gymnasium_checker(env):
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+# Draft logits are unbounded on purpose: finite bounds would reject a sharp draft's real
+# logits (or make sampled actions degenerate), so the checker's "probably too low" is moot.
+@pytest.mark.filterwarnings("ignore:.*Box action space m.* value is .*infinity")
+def test_sampling_env_passes_gymnasium_checker():
+    check_env(gym.make(ENV_ID, temperature=1.0, k=3, max_new_tokens=16).unwrapped, skip_render_check=True)
+
+
+def rollout(env, seed, actions_seed):
+    """A whole episode of random actions; everything observable, for comparison."""
+    obs, info = env.reset(seed=seed)
+    env.action_space.seed(actions_seed)
+    frames = [(obs["tokens"].copy(), info["prompt_domain"])]
+    while True:
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        frames.append((obs["tokens"].copy(), reward, info["accept_mask"].tolist(), info["emitted_tokens"]))
+        if terminated or truncated:
+            return frames
+
+
+def _frames_equal(a, b):
+    if len(a) != len(b):
+        return False
+    return all(
+        all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(fa, fb))
+        for fa, fb in zip(a, b)
+    )
+
+
+def test_same_seed_gives_identical_episodes_across_envs():
+    a = gym.make(ENV_ID, temperature=0.8, max_new_tokens=24)
+    b = gym.make(ENV_ID, temperature=0.8, max_new_tokens=24)
+    assert _frames_equal(rollout(a, seed=3, actions_seed=4), rollout(b, seed=3, actions_seed=4))
+    assert not _frames_equal(rollout(a, seed=3, actions_seed=4), rollout(a, seed=5, actions_seed=4))
+
+
+def test_episode_output_is_the_targets_greedy_output_and_reward_counts_accepts(env):
+    """Whatever the agent proposes, the text is the target's own; reward = accepted proposals."""
+    unwrapped = env.unwrapped
+    world = get_world("tiny")
+    drafter = SmallLMDrafter.from_config(world.drafter_config(), seed=0)
+    for proposer in ("random", "target"):
+        obs, info = env.reset(seed=11)
+        prompt = obs["tokens"][: obs["length"]].copy()
+        agent = DraftAgent(SmallLMDrafter(unwrapped.target.model) if proposer == "target" else drafter, env)
+        agent.begin(obs, info)
+        total_reward, accepted = 0.0, 0
+        while True:
+            obs, reward, terminated, truncated, info = env.step(agent.act(obs))
+            assert reward == info["num_accepted"] == int(info["accept_mask"].sum())
+            assert info["per_token_reward"].tolist() == info["accept_mask"].astype(np.float32).tolist()
+            total_reward += reward
+            accepted += info["num_accepted"]
+            if terminated or truncated:
+                break
+            agent.observe(info)
+        generated = obs["tokens"][len(prompt) : obs["length"]]
+        reference = unwrapped.target.model.generate(
+            torch.tensor(prompt)[None], max_new_tokens=unwrapped.max_new_tokens, do_sample=False,
+            eos_token_id=unwrapped.eos_token_ids[0], pad_token_id=unwrapped.pad_id,
+        )[0, len(prompt):]
+        assert generated.tolist() == reference.tolist()
+        if proposer == "target":  # the target drafting for itself is always accepted
+            assert all(info["accept_mask"][: info["num_verified"]])
+
+
+def test_info_carries_target_probabilities_for_every_verified_position(env):
+    obs, info = env.reset(seed=2)
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    probs = info["target_probs"]
+    k = env.unwrapped.k
+    assert probs.shape == (k + 1, env.unwrapped.vocab_size)
+    np.testing.assert_allclose(probs[: info["num_verified"] + 1].sum(-1), 1.0, rtol=1e-5)
+    # greedy: the target's token after the accepted prefix is the argmax at that position
+    assert info["next_token"] == int(probs[info["num_accepted"]].argmax())
+
+
+def test_topk_target_probabilities_are_fixed_shape():
+    env = gym.make(ENV_ID, target_probs_topk=5)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert info["target_topk_probs"].shape == (env.unwrapped.k + 1, 5)
+    assert info["target_topk_ids"].dtype == np.int64 and "target_probs" not in info
+
+
+def test_episode_truncates_at_the_token_budget_and_k_shrinks_near_it():
+    env = gym.make(ENV_ID, k=4, max_new_tokens=6)
+    obs, _ = env.reset(seed=0, options={"prompt": "SELECT"})
+    start, verified = obs["length"], []
+    while True:
+        obs, _, terminated, truncated, info = env.step(env.action_space.sample())
+        verified.append(info["num_verified"])
+        if terminated or truncated:
+            break
+    assert terminated or obs["length"] - start == 6
+    assert all(v <= 4 for v in verified)
+
+
+def test_step_before_reset_is_refused():
+    env = gym.make(ENV_ID).unwrapped
+    with pytest.raises(ResetNeeded, match=re.escape("Cannot call env.step() before calling env.reset()")):
+        env.step(env.action_space.sample())
+
+
+def test_action_outside_the_space_is_refused_with_the_expected_shape(env):
+    env.reset(seed=0)
+    vocab, k = env.unwrapped.vocab_size, env.unwrapped.k
+    bad = {"tokens": np.full(k, vocab, dtype=np.int64)}
+    with pytest.raises(InvalidAction, match=re.escape(f"give 'tokens' as {k} ints in [0, {vocab})")):
+        env.unwrapped.step(bad)
+
+
+def test_k_larger_than_the_budget_is_refused():
+    with pytest.raises(ValueError, match=re.escape("k=8 proposals cannot fit max_new_tokens=8: a step emits up to k + 1 tokens; use k < max_new_tokens")):
+        gym.make(ENV_ID, k=8, max_new_tokens=8)
+
+
+def test_vocab_mismatch_between_model_and_tokenizer_is_refused(tmp_path):
+    """A model directory whose tokenizer is larger than the model's vocabulary."""
+    from conftest import make_llama
+
+    world = get_world("tiny")
+    small = make_llama(vocab=64, hidden=16, layers=1, seed=0)
+    small.save_pretrained(tmp_path)
+    world.tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=re.escape("but the model's vocabulary has 64: they do not belong together")):
+        gym.make(ENV_ID, model=str(tmp_path))
+
+
+def test_a_model_saved_locally_works_through_the_same_path(tmp_path):
+    world = get_world("tiny")
+    world.target().save_pretrained(tmp_path)
+    world.tokenizer().save_pretrained(tmp_path)
+    env = gym.make(ENV_ID, model=str(tmp_path))
+    obs, _ = env.reset(seed=0)
+    _, reward, _, _, info = env.step(env.action_space.sample())
+    assert 0 <= reward <= env.unwrapped.k and len(info["emitted_tokens"]) >= 1
+
+
+def test_ansi_render_marks_accepted_rejected_and_target_tokens():
+    env = gym.make(ENV_ID, render_mode="ansi")
+    obs, info = env.reset(seed=0)
+    agent = DraftAgent(SmallLMDrafter(env.unwrapped.target.model), env)
+    agent.begin(obs, info)
+    env.step(agent.act(obs))
+    text = env.render()
+    assert "\033[32m" in text and "\033[1;33m" in text
+    assert re.search(r"\[step 0: accepted \d/4, \d+/64 tokens\]", text)
