@@ -102,6 +102,7 @@ class Learner:
         self.updates = 0
         self.published = 0
         self.gate_rejections = 0
+        self.rejected_updates = 0  # all runs of the algorithm (reset_to_live starts a new one)
         self.last_gate: GateDecision | None = None
         self.error: str | None = None
         self.metrics: deque[dict[str, float]] = deque(maxlen=10_000)
@@ -140,6 +141,7 @@ class Learner:
                     metrics = self.algorithm.update(self.algorithm.batch(traces, weights, self.pad_id))
                     metrics["learner/version"] = float(self.live.version)
                     if metrics["update/rejected"]:
+                        self.rejected_updates += 1
                         logger.warning("learner rejected an update: %s", self.algorithm.last_rejection)
                     else:
                         self.updates += 1

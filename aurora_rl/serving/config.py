@@ -1,0 +1,75 @@
+"""The serving sections of a server's configuration: HTTP front, decode engine, snapshots.
+
+Plain documented dataclasses (OmegaConf structured-config friendly), checked in
+``__post_init__``. The server entry point composes them with the world / decode / drafter /
+algorithm / learner sections into ``aurora_rl.serve.config.ServeConfig``; this module stays
+below the entry points (it imports nothing above ``serving/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class ServerSection:
+    host: str = _help("interface to bind; 127.0.0.1 keeps the server local (set 0.0.0.0 deliberately)", "127.0.0.1")
+    port: int = _help("TCP port (0 = any free port)", 8000)
+    model_name: str | None = _help("the model id clients must send (null = aurora-<world name>, or the target's path)", None)
+    api_key: str | None = _help("require 'Authorization: Bearer <key>' on /v1/* (null = $AURORA_RL_API_KEY if set, else open)", None)
+    max_body_bytes: int = _help("largest request body accepted (413 above)", 1 << 20)
+    max_prompt_tokens: int | None = _help("longest prompt accepted, in tokens (null = the target's context minus 1)", None)
+    max_tokens: int = _help("largest max_tokens a request may ask for", 1024)
+    default_max_tokens: int = _help("max_tokens of a request that does not say", 128)
+    drain_seconds: float = _help("on shutdown, how long in-flight requests may take to finish before they are cancelled", 10.0)
+    log_level: str = _help("uvicorn log level: critical | error | warning | info | debug", "info")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"server.port={self.port} must be in [0, 65535] (0 = any free port)")
+        for name in ("max_body_bytes", "max_tokens", "default_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"server.{name}={getattr(self, name)} must be >= 1")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError(f"server.max_prompt_tokens={self.max_prompt_tokens} must be >= 1 or null (the target's context)")
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(
+                f"server.default_max_tokens={self.default_max_tokens} exceeds server.max_tokens={self.max_tokens}; "
+                "lower the default or raise the limit"
+            )
+        if self.drain_seconds < 0:
+            raise ValueError(f"server.drain_seconds={self.drain_seconds} must be >= 0")
+        if self.log_level not in ("critical", "error", "warning", "info", "debug"):
+            raise ValueError(f"server.log_level={self.log_level!r} must be one of critical, error, warning, info, debug")
+
+
+@dataclass
+class EngineSection:
+    max_active: int = _help("requests decoded concurrently (interleaved one verify step at a time)", 16)
+    max_queue: int = _help("requests waiting for a decode slot; a full queue answers 429", 64)
+    keep_request_traces: int = _help("keep the traces of the last N requests for inspection (tests, debugging; 0 = none)", 0)
+
+    def __post_init__(self) -> None:
+        for name in ("max_active", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"engine.{name}={getattr(self, name)} must be >= 1")
+        if self.keep_request_traces < 0:
+            raise ValueError(f"engine.keep_request_traces={self.keep_request_traces} must be >= 0")
+
+
+@dataclass
+class SnapshotSection:
+    directory: str | None = _help(
+        "where every published draft version is written (v000042/ + LATEST.json, atomically) and where "
+        "the learner's state is saved on shutdown (null = no snapshots)",
+        "runs/serve/snapshots",
+    )
+    keep: int = _help("most versions kept on disk (the oldest are pruned)", 5)
+
+    def __post_init__(self) -> None:
+        if self.keep < 1:
+            raise ValueError(f"snapshots.keep={self.keep} must be >= 1")

@@ -1,0 +1,394 @@
+"""The decode engine: a bounded request queue and one worker thread that owns the target.
+
+Scheduling is continuous batching at step granularity: the worker keeps up to
+``max_active`` requests in flight and advances them round-robin, one verify step each
+(``SpeculativeDecoder.step``), admitting queued requests as slots free up. A new request
+starts within one round of steps and a long one never holds the target for more than one
+step at a time. Steps are not fused into one tensor batch: each sequence accepts a
+different number of tokens per step and rolls back its own cache, and at these model sizes
+on CPU the per-step cost is dominated by work a ragged batch would not share (see
+docs/serving.md).
+
+Every step's trace goes to the trace listeners (learner buffer, rollback monitor, metrics)
+and its emitted tokens to the request's sink. The decoders read the live draft once per
+step, so a version published by the learner takes over between two steps of in-flight
+requests with no pause, and every trace names the version that proposed it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable
+
+import torch
+
+from aurora_rl.core.draft import DraftPolicy
+from aurora_rl.core.generate import SpeculativeDecoder
+from aurora_rl.core.sampling import GREEDY, SamplingParams
+from aurora_rl.core.spec import DecodeConfig, DecodeState
+from aurora_rl.core.target import Target
+from aurora_rl.core.trace import Trace
+from aurora_rl.serving.config import EngineSection
+
+logger = logging.getLogger(__name__)
+
+SHUTTING_DOWN = "the server is shutting down"
+
+
+class EngineFull(Exception):
+    """The request queue is full: the caller should answer 429 and the client retry later."""
+
+
+class EngineClosed(Exception):
+    """The engine no longer accepts requests (shutting down): the caller should answer 503."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One request, already tokenised and validated by the caller.
+
+    Attributes:
+        request_id: unique id; every trace of the request carries it.
+        prompt_ids: the prompt's token ids (at least one).
+        max_new_tokens: token budget (>= 1; prompt + budget within the target's context).
+        sampling: the target's decoding rule for this request (greedy by default).
+        seed: seeds this request's random draws (None = derived from the engine seed).
+    """
+
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    sampling: SamplingParams = GREEDY
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    """How a finished request went.
+
+    Attributes:
+        finish_reason: "eos", "length", "cancelled" or "error".
+        draft_versions: the draft versions that proposed for it, in order of first use.
+        queued_seconds / first_token_seconds / total_seconds: from submission to admission,
+            to the first emitted token, and to the end.
+    """
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    verify_steps: int
+    proposed_tokens: int
+    accepted_tokens: int
+    draft_versions: tuple[int, ...]
+    queued_seconds: float
+    first_token_seconds: float | None
+    total_seconds: float
+
+    @property
+    def accepted_length(self) -> float:
+        """Tokens emitted per verify step (tau)."""
+        return self.completion_tokens / max(self.verify_steps, 1)
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What one step of a request produced, delivered to its sink in order.
+
+    ``token_ids`` are the tokens this step appended (EOS included when it ended the
+    request); ``stats`` is set on the last output of a request, and ``error`` when it
+    failed or was cancelled.
+    """
+
+    token_ids: tuple[int, ...]
+    draft_version: int | None
+    stats: RequestStats | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.stats is not None
+
+
+Sink = Callable[[EngineOutput], None]
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    sink: Sink
+    generator: torch.Generator
+    submitted: float = field(default_factory=time.perf_counter)
+    admitted: float | None = None
+    first_token: float | None = None
+    state: DecodeState | None = None
+    decoder: SpeculativeDecoder | None = None
+    proposed: int = 0
+    accepted: int = 0
+    versions: list[int] = field(default_factory=list)
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+
+
+class RequestHandle:
+    """The caller's side of a submitted request: its id and a way to cancel it."""
+
+    def __init__(self, sequence: _Sequence) -> None:
+        self._sequence = sequence
+        self.request_id = sequence.request.request_id
+
+    def cancel(self) -> None:
+        """Stop decoding before the next step (no-op once finished); the sink then gets a
+        final output with finish_reason "cancelled"."""
+        self._sequence.cancel_requested.set()
+
+
+class Engine:
+    """Decodes submitted requests on one worker thread.
+
+    Args:
+        target: the verifier (used only by the worker thread).
+        policy: the draft, or a zero-argument callable returning the current one (a
+            ``LivePolicy``), read once per step.
+        decode: lookahead, trace options and the default sampling rule; a request's own
+            sampling rule replaces ``decode.sampling``.
+        eos_token_ids: tokens that end a request.
+        config: queue and concurrency limits.
+        seed: seeds the random draws of requests that send no seed of their own.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        policy: DraftPolicy | Callable[[], DraftPolicy] | None,
+        decode: DecodeConfig,
+        eos_token_ids: Iterable[int],
+        config: EngineSection = EngineSection(),
+        seed: int = 0,
+    ) -> None:
+        self.target = target
+        self.policy = policy
+        self.decode = decode
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.config = config
+        self.seed = seed
+        SpeculativeDecoder(target, policy, decode, self.eos_token_ids)  # fail fast on a mismatched draft
+        self._waiting: queue.Queue[_Sequence] = queue.Queue(maxsize=config.max_queue)
+        self._active: deque[_Sequence] = deque()
+        self._trace_listeners: list[Callable[[Trace], None]] = []
+        self._finish_listeners: list[Callable[[RequestStats], None]] = []
+        self._kept: OrderedDict[str, list[Trace]] = OrderedDict()
+        self._kept_lock = threading.Lock()
+        self._submit_lock = threading.Lock()
+        self._seeds = itertools.count()
+        self._accepting = True
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- wiring -----------------------------------------------------------------------
+
+    def add_trace_listener(self, listener: Callable[[Trace], None]) -> None:
+        """Called on the worker thread with every trace; must be quick and must not block."""
+        self._trace_listeners.append(listener)
+
+    def add_finish_listener(self, listener: Callable[[RequestStats], None]) -> None:
+        """Called on the worker thread with the stats of every finished request."""
+        self._finish_listeners.append(listener)
+
+    @property
+    def max_context(self) -> int:
+        """Prompt + generated tokens one request may span."""
+        return self.target.max_positions
+
+    @property
+    def vocab_size(self) -> int:
+        return self.target.vocab_size
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a decode slot."""
+        return self._waiting.qsize()
+
+    @property
+    def num_active(self) -> int:
+        """Requests being decoded."""
+        return len(self._active)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def traces_of(self, request_id: str) -> list[Trace]:
+        """The traces of one of the last ``keep_request_traces`` requests ([] if not kept)."""
+        with self._kept_lock:
+            return list(self._kept.get(request_id, ()))
+
+    # --- the caller's side -------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._thread = threading.Thread(target=self._run, name="aurora-decode", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> RequestHandle:
+        """Queue ``request``; ``sink`` receives its outputs on the worker thread.
+
+        Raises:
+            EngineClosed: the engine is shutting down.
+            EngineFull: ``max_queue`` requests are already waiting.
+        """
+        with self._submit_lock:
+            if not self._accepting:
+                raise EngineClosed(SHUTTING_DOWN)
+            seed = request.seed if request.seed is not None else self.seed * 1_000_003 + next(self._seeds)
+            sequence = _Sequence(request, sink, torch.Generator().manual_seed(seed))
+            try:
+                self._waiting.put_nowait(sequence)
+            except queue.Full:
+                raise EngineFull(
+                    f"{self.config.max_queue} requests are already waiting (engine.max_queue); retry later"
+                ) from None
+        return RequestHandle(sequence)
+
+    def close(self, drain_seconds: float = 0.0) -> None:
+        """Stop accepting, give in-flight and queued requests up to ``drain_seconds`` to
+        finish, cancel whatever is left, and stop the worker."""
+        with self._submit_lock:
+            self._accepting = False
+        deadline = time.monotonic() + drain_seconds
+        while self.running and (self._active or not self._waiting.empty()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._cancel_all()  # requests left if the worker never ran
+
+    # --- the worker --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._admit()
+            if not self._active:
+                continue
+            sequence = self._active.popleft()
+            if self._step(sequence):
+                self._active.append(sequence)
+        self._cancel_all()
+
+    def _admit(self) -> None:
+        """Move queued requests into free decode slots; wait briefly when idle."""
+        while len(self._active) < self.config.max_active:
+            try:
+                if self._active:
+                    sequence = self._waiting.get_nowait()
+                else:
+                    sequence = self._waiting.get(timeout=0.05)
+            except queue.Empty:
+                return
+            if self._prefill(sequence):
+                self._active.append(sequence)
+
+    def _prefill(self, sequence: _Sequence) -> bool:
+        request = sequence.request
+        sequence.admitted = time.perf_counter()
+        if sequence.cancel_requested.is_set():
+            self._finish(sequence, "cancelled", "the request was cancelled before it started")
+            return False
+        sampling_rule = replace(self.decode, sampling=request.sampling)
+        try:
+            sequence.decoder = SpeculativeDecoder(self.target, self.policy, sampling_rule, self.eos_token_ids)
+            sequence.state = sequence.decoder.start(request.prompt_ids, request.max_new_tokens, request.request_id)
+        except ValueError as error:  # the caller validates first; this is the backstop
+            self._finish(sequence, "error", str(error))
+            return False
+        return True
+
+    def _step(self, sequence: _Sequence) -> bool:
+        """One verify step of ``sequence``; returns whether it is still in flight."""
+        if sequence.cancel_requested.is_set():
+            self._finish(sequence, "cancelled", "the request was cancelled")
+            return False
+        try:
+            trace = sequence.decoder.step(sequence.state, sequence.generator)
+        except Exception as error:  # a decoding bug fails this request, not the server
+            logger.exception("decoding request %s failed", sequence.request.request_id)
+            self._finish(sequence, "error", f"decoding failed: {type(error).__name__}: {error}")
+            return False
+        sequence.first_token = sequence.first_token or time.perf_counter()
+        sequence.proposed += trace.num_proposed
+        sequence.accepted += trace.num_accepted
+        if trace.num_proposed and trace.draft_version not in sequence.versions:
+            sequence.versions.append(trace.draft_version)
+        self._publish_trace(trace)
+        finish_reason = sequence.state.finish_reason
+        stats = self._stats(sequence, finish_reason) if finish_reason else None
+        self._send(sequence, EngineOutput(tuple(trace.emitted.tolist()), trace.draft_version, stats))
+        if stats is not None:
+            self._notify_finished(stats)
+        return stats is None
+
+    def _publish_trace(self, trace: Trace) -> None:
+        for listener in self._trace_listeners:
+            try:
+                listener(trace)
+            except Exception:  # a broken listener (monitor, metrics) must not stop decoding
+                logger.exception("trace listener %r failed", listener)
+        if self.config.keep_request_traces:
+            with self._kept_lock:
+                self._kept.setdefault(trace.request_id, []).append(trace)
+                self._kept.move_to_end(trace.request_id)
+                while len(self._kept) > self.config.keep_request_traces:
+                    self._kept.popitem(last=False)
+
+    def _stats(self, sequence: _Sequence, finish_reason: str) -> RequestStats:
+        now = time.perf_counter()
+        state = sequence.state
+        return RequestStats(
+            finish_reason=finish_reason,
+            prompt_tokens=len(sequence.request.prompt_ids),
+            completion_tokens=state.num_generated if state is not None else 0,
+            verify_steps=state.steps if state is not None else 0,
+            proposed_tokens=sequence.proposed,
+            accepted_tokens=sequence.accepted,
+            draft_versions=tuple(sequence.versions),
+            queued_seconds=(sequence.admitted or now) - sequence.submitted,
+            first_token_seconds=None if sequence.first_token is None else sequence.first_token - sequence.submitted,
+            total_seconds=now - sequence.submitted,
+        )
+
+    def _finish(self, sequence: _Sequence, finish_reason: str, error: str) -> None:
+        stats = self._stats(sequence, finish_reason)
+        self._send(sequence, EngineOutput((), None, stats, error))
+        self._notify_finished(stats)
+
+    def _send(self, sequence: _Sequence, output: EngineOutput) -> None:
+        try:
+            sequence.sink(output)
+        except Exception:  # e.g. the caller's event loop is gone: nobody is listening
+            logger.warning("could not deliver output of request %s; cancelling it", sequence.request.request_id)
+            sequence.cancel_requested.set()
+
+    def _notify_finished(self, stats: RequestStats) -> None:
+        for listener in self._finish_listeners:
+            try:
+                listener(stats)
+            except Exception:
+                logger.exception("finish listener %r failed", listener)
+
+    def _cancel_all(self) -> None:
+        while self._active:
+            self._finish(self._active.popleft(), "cancelled", SHUTTING_DOWN)
+        while True:
+            try:
+                self._finish(self._waiting.get_nowait(), "cancelled", SHUTTING_DOWN)
+            except queue.Empty:
+                return

@@ -1,0 +1,117 @@
+"""Prometheus metrics of a server, served as text at ``GET /metrics``.
+
+Two kinds: event counters and histograms updated as things happen (HTTP requests, verify
+steps, finished requests), and state read at scrape time (live draft version, swaps,
+rollbacks, learner counters, queue depth), so a value is never stale or double-kept.
+
+Per-position acceptance is a pair of counters per proposal position ``i``; the rate is
+``aurora_position_accepted_total / aurora_position_proposed_total`` (in PromQL, a ratio of
+``rate()``s). Each registry is private to its server, so several servers (tests) coexist.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from aurora_rl.core.trace import Trace
+from aurora_rl.serving.engine import Engine, RequestStats
+from aurora_rl.serving.online import OnlineLearning
+from aurora_rl.serving.publish import LivePolicy
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0)
+LEARNER_STATES = ("off", "idle", "running", "crashed")
+
+
+class ServingMetrics:
+    """The metrics of one server.
+
+    Args:
+        k: the lookahead (proposal positions 0..k-1 are labelled up front).
+        engine: read at scrape time for queue depth and active requests.
+        live: read at scrape time for the version, swaps and rollbacks.
+        learning: read at scrape time for learner counters (None = learning off).
+    """
+
+    def __init__(self, k: int, engine: Engine, live: LivePolicy, learning: OnlineLearning | None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter("aurora_http_requests", "HTTP requests answered, by endpoint and status code",
+                                     ["endpoint", "code"], registry=r)  # fmt: skip
+        self.requests = Counter("aurora_requests", "Generation requests finished, by finish reason (eos, length, cancelled, error)",
+                                ["finish_reason"], registry=r)  # fmt: skip
+        self.steps = Counter("aurora_draft_steps", "Verify steps (one target forward each)", registry=r)
+        self.draft_tokens = Counter("aurora_draft_tokens", "Tokens proposed by the draft", registry=r)
+        self.accepted_tokens = Counter("aurora_accepted_tokens", "Proposed tokens the target accepted", registry=r)
+        self.generated_tokens = Counter("aurora_generated_tokens", "Tokens emitted (accepted + the target's own)", registry=r)
+        proposed = Counter("aurora_position_proposed", "Proposals made at each position of a step", ["position"], registry=r)
+        accepted = Counter("aurora_position_accepted", "Proposals accepted at each position of a step", ["position"], registry=r)
+        self._position_proposed = [proposed.labels(str(i)) for i in range(k)]
+        self._position_accepted = [accepted.labels(str(i)) for i in range(k)]
+        self.accepted_length = Histogram("aurora_accepted_length", "Tokens emitted per verify step (tau)",
+                                         buckets=tuple(range(1, k + 2)), registry=r)  # fmt: skip
+        self.latency = Histogram("aurora_request_seconds", "Submission to last token", buckets=LATENCY_BUCKETS, registry=r)
+        self.first_token = Histogram("aurora_time_to_first_token_seconds", "Submission to first token",
+                                     buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.queued = Histogram("aurora_queue_seconds", "Submission to admission into a decode slot",
+                                buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        r.register(_StateCollector(engine, live, learning))
+
+    def observe_trace(self, trace: Trace) -> None:
+        """Engine trace listener."""
+        self.steps.inc()
+        self.draft_tokens.inc(trace.num_proposed)
+        self.accepted_tokens.inc(trace.num_accepted)
+        self.generated_tokens.inc(len(trace.emitted))
+        self.accepted_length.observe(len(trace.emitted))
+        for position, accepted in enumerate(trace.accept_mask.tolist()):
+            self._position_proposed[position].inc()
+            if accepted:
+                self._position_accepted[position].inc()
+
+    def observe_finished(self, stats: RequestStats) -> None:
+        """Engine finish listener."""
+        self.requests.labels(stats.finish_reason).inc()
+        self.latency.observe(stats.total_seconds)
+        self.queued.observe(stats.queued_seconds)
+        if stats.first_token_seconds is not None:
+            self.first_token.observe(stats.first_token_seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _StateCollector(Collector):
+    """Values owned by other components, read when Prometheus scrapes."""
+
+    def __init__(self, engine: Engine, live: LivePolicy, learning: OnlineLearning | None) -> None:
+        self.engine, self.live, self.learning = engine, live, learning
+
+    def collect(self):
+        yield GaugeMetricFamily("aurora_draft_version", "Draft version serving now", value=self.live.version)
+        yield CounterMetricFamily("aurora_draft_swaps", "Draft versions published to serving", value=self.live.swaps)
+        yield CounterMetricFamily("aurora_draft_rollbacks", "Versions rolled back after live acceptance dropped",
+                                  value=self.live.rollbacks)  # fmt: skip
+        yield GaugeMetricFamily("aurora_queue_depth", "Requests waiting for a decode slot", value=self.engine.queue_depth)
+        yield GaugeMetricFamily("aurora_active_requests", "Requests being decoded", value=self.engine.num_active)
+        learner = self.learning.learner if self.learning else None
+        state = GaugeMetricFamily("aurora_learner_state", "1 for the learner's current state", labels=["state"])
+        for name in LEARNER_STATES:
+            state.add_metric([name], float((learner.state if learner else "off") == name))
+        yield state
+        if learner is None:
+            return
+        yield CounterMetricFamily("aurora_learner_updates", "Optimizer steps taken", value=learner.updates)
+        yield CounterMetricFamily("aurora_learner_rejected_updates", "Updates rejected (non-finite loss or gradient)",
+                                  value=learner.rejected_updates)  # fmt: skip
+        yield CounterMetricFamily("aurora_learner_published", "Candidates that passed the gate", value=learner.published)
+        yield CounterMetricFamily("aurora_learner_gate_rejections", "Candidates the gate held back",
+                                  value=learner.gate_rejections)  # fmt: skip
+        stats = self.learning.buffer.stats()
+        yield GaugeMetricFamily("aurora_trace_buffer_size", "Traces held for training", value=stats.size)
+        dropped = CounterMetricFamily("aurora_trace_buffer_dropped", "Traces dropped by the buffer, by reason", labels=["reason"])
+        dropped.add_metric(["full"], stats.dropped_full)
+        dropped.add_metric(["stale"], stats.dropped_stale)
+        yield dropped

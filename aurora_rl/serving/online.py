@@ -1,0 +1,117 @@
+"""The learning side of a server: trace buffer, background learner, rollback monitor, state.
+
+Decoding hands every trace to :meth:`OnlineLearning.observe` (cheap: a buffer append and a
+running acceptance average). The :class:`~aurora_rl.serving.learner.Learner` trains its own
+copy of the draft on a background thread, gates each candidate on held-out traces and
+publishes to the ``LivePolicy`` the engine decodes with; the
+:class:`~aurora_rl.serving.monitor.SwapMonitor` rolls a version back if live acceptance
+drops after it went live. Anything slow that a rollback triggers (restarting the learner's
+copy, rewriting ``LATEST.json``) runs on a control thread, never on the decode thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from aurora_rl.algos import AlgoConfig
+from aurora_rl.core.draft import DraftPolicy
+from aurora_rl.core.trace import Trace
+from aurora_rl.serving.learner import Learner, LearnerConfig
+from aurora_rl.serving.monitor import SwapMonitor
+from aurora_rl.serving.publish import LivePolicy, SnapshotStore
+
+logger = logging.getLogger(__name__)
+
+LEARNER_DIR = "learner"
+LEARNER_STATE = "learner_state.json"
+
+
+class OnlineLearning:
+    """Trains the draft from the trace stream while the server decodes.
+
+    Args:
+        live: the live policy the engine decodes with (publishes and rollbacks go here).
+        algo: the learning rule.
+        config: schedule, gate and rollback settings (``mode`` must be "async": a server
+            never trains on its decode thread).
+        pad_id: padding token for trace batches.
+        seed: seeds the learner's batch sampling.
+        snapshots: where published versions and, on :meth:`stop`, the learner's state go.
+    """
+
+    def __init__(self, live: LivePolicy, algo: AlgoConfig, config: LearnerConfig, pad_id: int, seed: int,
+                 snapshots: SnapshotStore | None = None) -> None:  # fmt: skip
+        if config.mode != "async":
+            raise ValueError(
+                f"learner.mode={config.mode!r}: a server's learner runs on its own thread so decoding never "
+                "waits for it; set learner.mode=async"
+            )
+        self.live = live
+        self.snapshots = snapshots
+        self.buffer = config.make_buffer()
+        self.learner = Learner(live, self.buffer, algo, config, pad_id, seed)
+        self.monitor = SwapMonitor(live, config.rollback_window, config.rollback_drop, on_rollback=self._on_rollback)
+        self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aurora-control")
+
+    @property
+    def needs_exploration(self) -> bool:
+        """True if greedy requests should let the draft sample its proposals (e.g. PG)."""
+        return self.learner.needs_exploration
+
+    def observe(self, trace: Trace) -> None:
+        """Engine trace listener (decode thread): feed the learner and the rollback monitor."""
+        self.buffer.add(trace)
+        self.monitor.observe(trace)
+
+    def start(self) -> None:
+        self.learner.start()
+
+    def stop(self) -> Path | None:
+        """Stop the learner after its current step and save its state; returns where."""
+        self.learner.stop()
+        self._control.shutdown(wait=True)
+        return self.save_state(self.snapshots) if self.snapshots is not None else None
+
+    def save_state(self, snapshots: SnapshotStore) -> Path:
+        """Write the live version (unless already on disk) and the learner's trained copy with
+        its counters to ``snapshots`` (``learner/``: written aside, then moved into place)."""
+        if snapshots.latest_version() != self.live.version:
+            snapshots.save(self.live.current)
+        learner = self.learner
+        final = snapshots.directory / LEARNER_DIR
+        staging = snapshots.directory / f".{LEARNER_DIR}.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        learner.algorithm.policy.save_pretrained(staging)
+        state = {
+            "live_version": self.live.version,
+            "updates": learner.updates,
+            "published": learner.published,
+            "rejected_updates": learner.rejected_updates,
+            "gate_rejections": learner.gate_rejections,
+            "rollbacks": self.live.rollbacks,
+            "rolled_back_versions": list(self.monitor.rolled_back),
+            "last_gate": asdict(learner.last_gate) if learner.last_gate else None,
+            "state": learner.state,
+            "error": learner.error,
+            "buffer": asdict(self.buffer.stats()),
+        }
+        (staging / LEARNER_STATE).write_text(json.dumps(state, indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        return final
+
+    def _on_rollback(self, bad_version: int, restored: DraftPolicy) -> None:
+        logger.warning("live acceptance dropped after version %d went live; rolled back to version %d",
+                       bad_version, restored.version)  # fmt: skip
+        self._control.submit(self._after_rollback, restored)
+
+    def _after_rollback(self, restored: DraftPolicy) -> None:
+        self.learner.reset_to_live()
+        if self.snapshots is not None:  # followers of LATEST.json go back too
+            self.snapshots.save(restored)
