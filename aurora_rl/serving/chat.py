@@ -41,8 +41,6 @@ def format_chat(tokenizer: PreTrainedTokenizerBase, messages: list[tuple[str, st
     """Format ``[(role, content), ...]`` for generation with ``tokenizer``."""
     if tokenizer.chat_template:
         conversation = [{"role": role, "content": content} for role, content in messages]
-        ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict):  # newer transformers return a BatchEncoding
-            ids = ids["input_ids"]
+        ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
         return ChatPrompt(list(ids), ())
     return ChatPrompt(tokenizer(plain_transcript(messages))["input_ids"], PLAIN_STOP)

@@ -1,0 +1,94 @@
+"""Shared by the serving tests: the tiny world, a live server on loopback, greedy references."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Iterator
+
+import torch
+import uvicorn
+
+from aurora_rl.core.spec import DecodeConfig
+from aurora_rl.core.target import Target
+from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
+from aurora_rl.serving.learner import LearnerConfig
+from aurora_rl.serving.server import Server, build_server
+from aurora_rl.world import get_world
+
+MODEL = "aurora-tiny"
+
+
+@lru_cache(maxsize=1)
+def tiny():
+    """(tokenizer, target model) of the tiny world, loaded once per test session."""
+    world = get_world("tiny", progress=False)
+    return world.tokenizer(), world.target()
+
+
+def noisy_drafter(model, scale: float, seed: int, version: int = 0) -> SmallLMDrafter:
+    """A drafter that is the target plus weight noise: it agrees with the target often
+    (scale ~0.2) or rarely (scale ~1), so decoding exercises accepted and rejected runs."""
+    noisy = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in noisy.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * scale * param.std().clamp_min(1e-3))
+    return SmallLMDrafter(noisy, version=version)
+
+
+def tiny_server(*, learner: LearnerConfig | None = None, server: ServerSection = ServerSection(),
+                engine: EngineSection = EngineSection(keep_request_traces=64), snapshot_dir=None,
+                k: int = 4) -> Server:  # fmt: skip
+    tokenizer, model = tiny()
+    return build_server(
+        Target(model), tokenizer, noisy_drafter(model, scale=0.2, seed=1),
+        decode=DecodeConfig(k=k), model_name=MODEL, server=server, engine=engine, learner=learner,
+        snapshots=SnapshotSection(directory=None if snapshot_dir is None else str(snapshot_dir)),
+    )  # fmt: skip
+
+
+@contextmanager
+def serving(server: Server) -> Iterator[str]:
+    """Run ``server.app`` with uvicorn on a free loopback port in a thread; yields the base
+    URL and shuts the server down (lifespan included) on exit."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    uv = uvicorn.Server(uvicorn.Config(server.app, log_level="warning"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        uv.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+def greedy(model, prompt_ids: list[int], max_new_tokens: int, eos: int, pad: int) -> list[int]:
+    """The target's own greedy continuation (HF generate), EOS included if it stopped there."""
+    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=eos, pad_token_id=pad)  # fmt: skip
+    return out[0, len(prompt_ids) :].tolist()
+
+
+def text_of(tokenizer, token_ids: list[int]) -> str:
+    return tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)

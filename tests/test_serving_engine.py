@@ -1,0 +1,200 @@
+"""The decode engine on small random models, and the text side (detokenisation, chat
+formatting): interleaved decoding equals decoding alone, limits and cancellation behave."""
+
+import copy
+import queue
+import re
+
+import pytest
+import torch
+
+from aurora_rl.core.generate import SpeculativeDecoder
+from aurora_rl.core.sampling import SamplingParams
+from aurora_rl.core.spec import DecodeConfig
+from aurora_rl.core.target import Target
+from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.serving.chat import PLAIN_STOP, format_chat, plain_transcript
+from aurora_rl.serving.config import EngineSection
+from aurora_rl.serving.detokenize import IncrementalDetokenizer
+from aurora_rl.serving.engine import SHUTTING_DOWN, Engine, EngineClosed, EngineFull, GenerationRequest
+from conftest import make_llama, perturbed_copy
+from serving_harness import tiny
+
+EOS = 1
+
+
+@pytest.fixture(scope="module")
+def models(random_target_model):
+    return Target(random_target_model), SmallLMDrafter(perturbed_copy(random_target_model, scale=0.1, seed=5))
+
+
+def prompts(count, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [tuple(torch.randint(3, 97, (int(n),), generator=gen).tolist()) for n in torch.randint(2, 12, (count,), generator=gen)]
+
+
+def run(engine, requests):
+    """Submit all, collect every request's outputs (engine running)."""
+    outputs = {r.request_id: queue.Queue() for r in requests}
+    for r in requests:
+        engine.submit(r, outputs[r.request_id].put)
+    collected = {}
+    for request_id, q in outputs.items():
+        items = [q.get(timeout=60)]
+        while not items[-1].finished:
+            items.append(q.get(timeout=60))
+        collected[request_id] = items
+    return collected
+
+
+def tokens(items):
+    return [t for output in items for t in output.token_ids]
+
+
+def test_interleaved_requests_each_equal_decoding_alone(models):
+    target, draft = models
+    engine = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=3, keep_request_traces=16))
+    order = []
+    engine.add_trace_listener(lambda trace: order.append(trace.request_id))
+    requests = [GenerationRequest(f"r{i}", p, 24) for i, p in enumerate(prompts(7))]
+    engine.start()
+    try:
+        collected = run(engine, requests)
+    finally:
+        engine.close()
+    alone = SpeculativeDecoder(target, draft, DecodeConfig(k=3), [EOS])
+    for r in requests:
+        reference = target.model.generate(torch.tensor([r.prompt_ids]), max_new_tokens=24, do_sample=False,
+                                          eos_token_id=EOS, pad_token_id=2)[0, len(r.prompt_ids):]  # fmt: skip
+        assert tokens(collected[r.request_id]) == reference.tolist() == alone.generate(r.prompt_ids, 24).tokens.tolist()
+        stats = collected[r.request_id][-1].stats
+        assert stats.finish_reason in ("eos", "length") and stats.completion_tokens == len(reference)
+        assert stats.verify_steps == len(engine.traces_of(r.request_id))
+    switches = sum(a != b for a, b in zip(order, order[1:]))
+    assert switches > len(requests) * 2  # round-robin: steps of different requests alternate
+
+
+def test_seeded_sampling_equals_decoding_alone_with_the_same_seed(models):
+    target, draft = models
+    sampling = SamplingParams(temperature=1.0, top_k=20)
+    engine = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=4))
+    requests = [GenerationRequest(f"s{i}", p, 20, sampling, seed=100 + i) for i, p in enumerate(prompts(5, seed=1))]
+    engine.start()
+    try:
+        collected = run(engine, requests)
+    finally:
+        engine.close()
+    alone = SpeculativeDecoder(target, draft, DecodeConfig(k=3, sampling=sampling), [EOS])
+    for r in requests:
+        expected = alone.generate(r.prompt_ids, 20, torch.Generator().manual_seed(r.seed)).tokens.tolist()
+        assert tokens(collected[r.request_id]) == expected
+
+
+def test_a_full_queue_refuses_and_closing_cancels_what_waits(models):
+    target, draft = models
+    engine = Engine(target, draft, DecodeConfig(k=2), [EOS], EngineSection(max_queue=2))  # not started
+    got = queue.Queue()
+    for i in range(2):
+        engine.submit(GenerationRequest(f"q{i}", (5, 6), 8), got.put)
+    with pytest.raises(EngineFull, match=re.escape("2 requests are already waiting (engine.max_queue); retry later")):
+        engine.submit(GenerationRequest("q2", (5, 6), 8), got.put)
+    assert engine.queue_depth == 2
+    engine.close()
+    finals = [got.get_nowait() for _ in range(2)]
+    assert [(o.stats.finish_reason, o.error, o.token_ids) for o in finals] == [("cancelled", SHUTTING_DOWN, ())] * 2
+    with pytest.raises(EngineClosed):
+        engine.submit(GenerationRequest("late", (5, 6), 8), got.put)
+
+
+def test_closing_drains_requests_in_flight(models):
+    target, draft = models
+    engine = Engine(target, draft, DecodeConfig(k=2), [EOS], EngineSection(max_active=2))
+    got = {f"d{i}": queue.Queue() for i in range(4)}
+    engine.start()
+    for i, p in enumerate(prompts(4, seed=2)):
+        engine.submit(GenerationRequest(f"d{i}", p, 16), got[f"d{i}"].put)
+    engine.close(drain_seconds=60)
+    for q in got.values():
+        items = list(q.queue)
+        assert items[-1].stats.finish_reason in ("eos", "length") and all(o.error is None for o in items)
+
+
+def test_cancel_stops_a_request_and_a_failing_step_fails_only_its_request(models, monkeypatch):
+    target, draft = models
+    engine = Engine(target, draft, DecodeConfig(k=2), [EOS], EngineSection(max_active=4))
+    original = SpeculativeDecoder.step
+
+    def step(self, state, generator=None):
+        if state.request_id == "boom" and state.steps == 1:
+            raise RuntimeError("simulated kernel failure")
+        return original(self, state, generator)
+
+    monkeypatch.setattr(SpeculativeDecoder, "step", step)
+    engine.add_trace_listener(lambda trace: 1 / 0)  # a broken listener must not stop decoding either
+    cancelled_q, boom_q, fine_q = queue.Queue(), queue.Queue(), queue.Queue()
+    handle = engine.submit(GenerationRequest("cancelled", (5, 6, 7), 200), cancelled_q.put)
+    engine.submit(GenerationRequest("boom", (5, 6, 7), 32), boom_q.put)
+    engine.submit(GenerationRequest("fine", (8, 9), 32), fine_q.put)
+    engine.start()
+    cancelled_q.get(timeout=30)  # it has started
+    handle.cancel()
+    try:
+        outputs = {name: [q.get(timeout=30)] for name, q in [("cancelled", cancelled_q), ("boom", boom_q), ("fine", fine_q)]}
+        for name, q in [("cancelled", cancelled_q), ("boom", boom_q), ("fine", fine_q)]:
+            while not outputs[name][-1].finished:
+                outputs[name].append(q.get(timeout=30))
+    finally:
+        engine.close()
+    assert outputs["cancelled"][-1].stats.finish_reason == "cancelled"
+    assert outputs["cancelled"][-1].stats.completion_tokens < 200
+    assert outputs["boom"][-1].stats.finish_reason == "error"
+    assert outputs["boom"][-1].error == "decoding failed: RuntimeError: simulated kernel failure"
+    assert outputs["fine"][-1].stats.finish_reason in ("eos", "length") and outputs["fine"][-1].error is None
+
+
+def test_a_mismatched_draft_is_refused_at_construction(models):
+    target, _ = models
+    with pytest.raises(ValueError, match="draft vocabulary size 50 does not match target vocabulary size 97"):
+        Engine(target, SmallLMDrafter(make_llama(50, 16, 1, seed=0)), DecodeConfig(), [EOS])
+
+
+# --- text ---------------------------------------------------------------------------------
+
+
+def test_incremental_text_equals_the_full_decode_even_mid_character():
+    tokenizer, _ = tiny()
+    text = "naïve café: 温度 ✓ — done"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert any("\ufffd" in tokenizer.decode(ids[:i]) for i in range(1, len(ids)))  # some token splits a character
+    detok = IncrementalDetokenizer(tokenizer)
+    deltas = [detok.push([t]) for t in ids] + [detok.flush()]
+    assert "".join(deltas) == text and not any("\ufffd" in d for d in deltas)
+
+
+@pytest.mark.parametrize("stop", ["café", ": 温", "done", "absent"])
+def test_stop_strings_cut_the_text_and_are_never_streamed(stop):
+    tokenizer, _ = tiny()
+    text = "naïve café: 温度 ✓ — done"
+    detok = IncrementalDetokenizer(tokenizer, stop=[stop, "zzz"])
+    deltas = [detok.push([t]) for t in tokenizer(text, add_special_tokens=False)["input_ids"]] + [detok.flush()]
+    expected = text.split(stop)[0]
+    assert "".join(deltas) == detok.text == expected
+    assert detok.stopped == (stop in text)
+
+
+def test_plain_chat_transcript_matches_the_world_chat_format():
+    tokenizer, _ = tiny()
+    messages = [("system", "Answer clearly and briefly."), ("user", "What is latency?"),
+                ("assistant", "The time between a request and its response."), ("user", "An example?")]  # fmt: skip
+    transcript = ("System: Answer clearly and briefly.\nUser: What is latency?\n"
+                  "Assistant: The time between a request and its response.\nUser: An example?\nAssistant:")  # fmt: skip
+    assert plain_transcript(messages) == transcript
+    prompt = format_chat(tokenizer, messages)
+    assert prompt.token_ids == tokenizer(transcript)["input_ids"] and prompt.stop == PLAIN_STOP
+
+
+def test_a_tokenizer_chat_template_is_used_when_present():
+    tokenizer = copy.deepcopy(tiny()[0])
+    tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>"
+    prompt = format_chat(tokenizer, [("user", "hi")])
+    assert tokenizer.decode(prompt.token_ids) == "<user>hi\n<assistant>" and prompt.stop == ()

@@ -1,0 +1,163 @@
+"""Online learning behind a live server: hot swaps mid-stream stay lossless and are named by
+the traces; the learner publishes while serving; NaN updates are rejected; a crashed
+learner leaves serving up; a bad version is rolled back; shutdown saves the learner."""
+
+import json
+import threading
+
+import httpx
+import openai
+import pytest
+import torch
+
+from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.serving.learner import LearnerConfig
+from aurora_rl.serving.publish import SnapshotStore
+from serving_harness import MODEL, greedy, noisy_drafter, serving, text_of, tiny, tiny_server, wait_for
+
+PROMPTS = ["def fibonacci(n):\n", "SELECT name FROM", "The river ran quietly through the", "User: hello\nAssistant:"]
+
+
+def expected_text(prompt, max_tokens):
+    tokenizer, model = tiny()
+    ids = greedy(model, tokenizer(prompt)["input_ids"], max_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return text_of(tokenizer, ids)
+
+
+def complete(url, prompt, max_tokens=24):
+    response = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": max_tokens,
+                                                         "temperature": 0}, timeout=60)  # fmt: skip
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def metric(url, name):
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
+def test_a_swap_during_a_stream_keeps_it_lossless_and_traces_name_both_versions():
+    server = tiny_server()
+    tokenizer, model = tiny()
+    published = threading.Event()
+
+    def hold_at_third_step(trace):  # keeps the stream in flight until the new version is live
+        if trace.step == 2 and not published.is_set():
+            published.wait(30)
+
+    server.engine.add_trace_listener(hold_at_third_step)
+    old = server.live.version
+    with serving(server) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        stream = client.completions.create(model=MODEL, prompt=PROMPTS[2], max_tokens=64, temperature=0, stream=True)
+        chunks = []
+        for chunk in stream:
+            if not published.is_set():  # the first chunk is out: swap now, between two steps
+                server.live.publish(noisy_drafter(model, scale=0.5, seed=9, version=server.live.next_version))
+                published.set()
+            chunks.append(chunk)
+    new = server.live.version
+    assert new == old + 1
+    assert "".join(c.choices[0].text for c in chunks) == expected_text(PROMPTS[2], 64)  # the stream completed, lossless
+    versions = [t.draft_version for t in server.engine.traces_of(chunks[0].id) if t.num_proposed]
+    assert versions[0] == old and versions[-1] == new and versions == sorted(versions)  # both, in order, never torn
+    assert chunks[-1].model_extra["spec_decode"]["draft_versions"] == [old, new]
+    fingerprints = [c.system_fingerprint for c in chunks if c.choices[0].text]
+    assert fingerprints[0] == f"draft-v{old}" and fingerprints[-1] == f"draft-v{new}"
+
+
+def test_the_learner_publishes_versions_while_serving_losslessly(tmp_path):
+    learner = LearnerConfig(mode="async", min_traces=16, publish_every=4, gate=False, rollback_window=0)
+    server = tiny_server(learner=learner, snapshot_dir=tmp_path)
+    with serving(server) as url:
+        answers = []
+        for i in range(12):
+            prompt = PROMPTS[i % len(PROMPTS)]
+            answers.append((prompt, complete(url, prompt)))
+            if server.live.version >= 2 and i >= 7:
+                break
+        wait_for(lambda: server.live.version >= 1, what="a published version")
+        assert metric(url, "aurora_draft_swaps_total") == server.live.swaps >= 1
+    for prompt, answer in answers:
+        assert answer["choices"][0]["text"] == expected_text(prompt, 24)
+    used = {v for _, a in answers for v in a["spec_decode"]["draft_versions"]}
+    assert len(used) >= 2  # requests were served by more than one version
+    assert SnapshotStore(tmp_path).latest_version() == server.live.version  # every live version is on disk
+
+
+def test_a_nan_update_is_rejected_and_serving_goes_on():
+    learner = LearnerConfig(mode="async", min_traces=8, publish_every=1, gate=False, rollback_window=0)
+    server = tiny_server(learner=learner)
+    with torch.no_grad():  # poison the learner's private copy: every loss becomes NaN
+        server.learning.learner.algorithm.policy.model.lm_head.weight[0, 0] = float("nan")
+    with serving(server) as url:
+        for i in range(40):
+            answer = complete(url, PROMPTS[i % 4])
+            assert answer["choices"][0]["text"] == expected_text(PROMPTS[i % 4], 24)
+            if server.learning.learner.rejected_updates >= 3:
+                break
+        assert metric(url, "aurora_learner_rejected_updates_total") >= 3
+        assert server.learning.learner.algorithm.last_rejection == "non-finite loss"
+        assert server.learning.learner.published == 0 and server.live.version == 0  # nothing reached serving
+        assert httpx.get(f"{url}/health").json()["learner"] == "running"  # rejected, not crashed
+
+
+def test_a_crashed_learner_does_not_take_serving_down(tmp_path, monkeypatch):
+    learner = LearnerConfig(mode="async", min_traces=8, rollback_window=0)
+    server = tiny_server(learner=learner, snapshot_dir=tmp_path)
+
+    def explode(batch):
+        raise RuntimeError("simulated learner bug")
+
+    monkeypatch.setattr(server.learning.learner.algorithm, "update", explode)
+    with serving(server) as url:
+        complete(url, PROMPTS[0])
+        wait_for(lambda: server.learning.learner.state == "crashed", what="the learner to crash")
+        health = httpx.get(f"{url}/health")
+        assert health.status_code == 200 and health.json()["learner"] == "crashed"
+        for prompt in PROMPTS:  # serving goes on with the last good version
+            assert complete(url, prompt)["choices"][0]["text"] == expected_text(prompt, 24)
+        assert metric(url, 'aurora_learner_state{state="crashed"}') == 1
+    state = json.loads((tmp_path / "learner" / "learner_state.json").read_text())
+    assert state["state"] == "crashed" and "simulated learner bug" in state["error"]
+
+
+def test_a_version_that_lowers_live_acceptance_is_rolled_back():
+    learner = LearnerConfig(mode="async", min_traces=10**6, rollback_window=12, rollback_drop=0.25)  # never trains
+    server = tiny_server(learner=learner)
+    tokenizer, model = tiny()
+    with serving(server) as url:
+        for prompt in PROMPTS:
+            complete(url, prompt)
+        server.live.publish(noisy_drafter(model, scale=5.0, seed=3, version=1))  # a much worse draft goes live
+        for prompt in PROMPTS * 2:
+            assert complete(url, prompt)["choices"][0]["text"] == expected_text(prompt, 24)
+        assert server.live.version == 0 and server.live.rollbacks == 1
+        assert server.learning.monitor.rolled_back == [1]
+        assert metric(url, "aurora_draft_rollbacks_total") == 1
+
+
+def test_shutdown_stops_the_learner_and_saves_its_state(tmp_path):
+    learner = LearnerConfig(mode="async", min_traces=16, publish_every=4, gate=False, rollback_window=0)
+    server = tiny_server(learner=learner, snapshot_dir=tmp_path)
+    with serving(server) as url:
+        for i in range(8):
+            complete(url, PROMPTS[i % 4])
+        wait_for(lambda: server.learning.learner.updates >= 4, what="learner updates")
+    assert server.learning.learner.state == "idle" and not server.engine.running
+    saved = tmp_path / "learner"
+    state = json.loads((saved / "learner_state.json").read_text())
+    assert state["updates"] == server.learning.learner.updates and state["live_version"] == server.live.version
+    copy = SmallLMDrafter.from_pretrained(saved)  # the learner's trained copy, loadable as a drafter
+    for name, value in copy.model.state_dict().items():
+        assert torch.equal(value, server.learning.learner.algorithm.policy.model.state_dict()[name]), name
+    assert SnapshotStore(tmp_path).latest_version() == server.live.version
+
+
+def test_a_restarted_server_continues_the_version_numbers(tmp_path):
+    tokenizer, model = tiny()
+    SnapshotStore(tmp_path).save(SmallLMDrafter(model, version=7))  # left by an earlier run
+    server = tiny_server(snapshot_dir=tmp_path)
+    assert server.live.version == 8 and SnapshotStore(tmp_path).latest_version() == 8
