@@ -1,0 +1,108 @@
+"""python -m aurora_rl.serve [--config FILE.yaml] [key=value ...]
+
+An OpenAI-compatible HTTP server doing speculative decoding with a draft that learns from
+its own traffic: POST /v1/completions and /v1/chat/completions (streaming over SSE),
+GET /v1/models, /health and /metrics (Prometheus). Every answer is the target's own output
+(greedy: token for token; sampled: the target's distribution); a background learner trains
+a copy of the draft on the verification traces, gates each candidate on held-out traces,
+and publishes versions that decoding picks up between two steps.
+
+With no arguments: the default miniature world, its pretrained draft, learning on,
+http://127.0.0.1:8000/v1. Ctrl-C (SIGINT/SIGTERM) stops accepting, lets in-flight requests
+finish for server.drain_seconds, stops the learner and saves its state to snapshots.directory.
+
+    python -m aurora_rl.serve world.name=tiny draft=scratch server.port=8001
+    curl http://127.0.0.1:8001/v1/completions -H 'Content-Type: application/json' \\
+         -d '{"model": "aurora-tiny", "prompt": "def add(a, b):", "max_tokens": 32, "temperature": 0}'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import uvicorn
+from transformers import AutoTokenizer
+
+from aurora_rl.core.target import Target, check_tokenizer_fits, load_causal_lm
+from aurora_rl.serve.config import ConfigError, as_train_config, describe, load_config, to_yaml
+from aurora_rl.serving.server import build_server
+from aurora_rl.train.arms import Setting, pretrained, scratch_drafter
+from aurora_rl.world import get_world
+
+API_KEY_ENV = "AURORA_RL_API_KEY"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):
+        print(__doc__ + "\nConfiguration keys (key (default): help):\n" + "\n".join(describe()))
+        return 0
+    try:
+        cfg = load_config(argv)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    # Seeding: one block; the draft's init, the learner and unseeded requests derive from cfg.seed.
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+
+    # Target, tokenizer and the draft it starts with.
+    world = get_world(cfg.world.name, cache_dir=cfg.world.cache_dir, progress=cfg.progress)
+    if cfg.world.target:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.world.target)
+        model = load_causal_lm(cfg.world.target)
+        check_tokenizer_fits(tokenizer, model, cfg.world.target)
+    else:
+        tokenizer, model = world.tokenizer(), world.target()
+    target = Target(model, tuple(cfg.drafter.eagle_layers) if cfg.drafter.kind == "eagle" else ())
+    setting = Setting(as_train_config(cfg), world, target, tokenizer)
+    drafter = pretrained(setting) if cfg.draft == "pretrained" else scratch_drafter(setting)
+
+    # The server: engine + learner + metrics + HTTP app, wired in one place.
+    model_name = cfg.server.model_name or cfg.world.target or f"aurora-{world.name}"
+    api_key = cfg.server.api_key or os.environ.get(API_KEY_ENV) or None
+    server = build_server(
+        target, tokenizer, drafter,
+        decode=cfg.decode.to_decode_config(), model_name=model_name,
+        server=replace(cfg.server, api_key=api_key), engine=cfg.engine,
+        learner=cfg.learner if cfg.learn else None, algo=cfg.algo, snapshots=cfg.snapshots, seed=cfg.seed,
+    )  # fmt: skip
+    if server.snapshots is not None:
+        (server.snapshots.directory / "serve_config.yaml").write_text(to_yaml(cfg))
+    learning = f"learning with {cfg.algo.name}" if cfg.learn else "learning off"
+    print(f"serving {model_name!r} (draft v{server.live.version}, {learning}, key {'required' if api_key else 'off'}) "
+          f"on http://{cfg.server.host}:{cfg.server.port}/v1", flush=True)  # fmt: skip
+
+    # Runs until SIGINT/SIGTERM; the app's lifespan drains the engine and stops the learner.
+    # uvicorn re-raises the signal to the previous handler once it has shut down; a no-op
+    # one lets main finish (summary, exit status 0) instead of dying on the re-raise.
+    for handled in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(handled, lambda *_: None)
+    uvicorn.run(server.app, host=cfg.server.host, port=cfg.server.port, log_level=cfg.server.log_level,
+                timeout_graceful_shutdown=cfg.server.drain_seconds)  # fmt: skip
+
+    learner = server.learning.learner if server.learning else None
+    print(f"stopped: draft v{server.live.version}, {server.live.swaps} swaps, {server.live.rollbacks} rollbacks"
+          + (f", {learner.updates} updates ({learner.rejected_updates} rejected), learner {learner.state}" if learner else ""))  # fmt: skip
+    if learner is not None and learner.error:
+        print(f"warning: the learner crashed (serving went on):\n{learner.error}", file=sys.stderr)
+    if server.snapshots is not None:
+        print(f"snapshots and learner state in {Path(server.snapshots.directory).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

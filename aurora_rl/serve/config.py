@@ -1,0 +1,146 @@
+"""The configuration of ``python -m aurora_rl.serve``, and the key=value parsing both serving
+CLIs share.
+
+It reuses the train CLI's world / decode / drafter sections and the algorithm and learner
+configs, so a draft, a learning rule and a schedule mean the same in a training run and a
+server. Precedence: dataclass defaults < ``--config file.yaml`` < ``key=value``. Every
+mistake is a :class:`ConfigError` naming the key and the fix, raised before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from aurora_rl.algos.config import AlgoConfig
+from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
+from aurora_rl.serving.learner import LearnerConfig
+from aurora_rl.train.config import DRAFTER_KINDS, ConfigError, DecodeSection, DrafterSection, TrainConfig, WorldSection
+
+DRAFTS = ("pretrained", "scratch")
+Config = TypeVar("Config")
+
+
+def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+def _looks_like_path(value: str) -> bool:
+    """A local path rather than a hub id ("owner/name")."""
+    return value.startswith((".", "/", "~")) or os.sep in value and value.count("/") != 1
+
+
+@dataclass
+class ServeConfig:
+    seed: int = _help("seeds the draft's initialisation, the learner and unseeded requests", 0)
+    progress: bool = _help("show progress bars while building the world / pretraining the draft", True)
+    draft: str = _help(
+        "how the live draft starts: pretrained (the train CLI's static draft, or drafter.path) or scratch "
+        "(random init: everything it knows comes from the traffic)",
+        "pretrained",
+    )
+    learn: bool = _help("train the draft online from the traffic and publish gated versions (false = serve it as is)", True)
+    torch_threads: int | None = _help("torch intra-op threads, shared by decoding and learning (null = torch's default)", None)
+    world: WorldSection = _help("target, tokenizer and the draft's pretraining data", factory=WorldSection)
+    decode: DecodeSection = _help("speculative decoding; decode.temperature/top_k/top_p are the defaults of requests that send none", factory=DecodeSection)  # fmt: skip
+    drafter: DrafterSection = _help("the draft policy", factory=DrafterSection)
+    algo: AlgoConfig = _help("the learning rule", factory=AlgoConfig)
+    learner: LearnerConfig = _help("online learning schedule, gate and rollback (mode must be async)",
+                                   factory=lambda: LearnerConfig(mode="async"))  # fmt: skip
+    server: ServerSection = _help("the HTTP front: address, key, limits", factory=ServerSection)
+    engine: EngineSection = _help("request queue and decode concurrency", factory=EngineSection)
+    snapshots: SnapshotSection = _help("versioned draft snapshots and the learner's saved state", factory=SnapshotSection)
+
+
+def describe(instance=None, prefix: str = "") -> list[str]:
+    """``key (default): help`` for every field of ``instance`` (default: ``ServeConfig()``),
+    for ``--help``; walks the instance, so section defaults set by a factory show as such."""
+    instance = ServeConfig() if instance is None else instance
+    lines = []
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{prefix}{f.name}: {f.metadata.get('help', '')}")
+            lines += describe(value, prefix + f.name + ".")
+        else:
+            lines.append(f"  {prefix}{f.name} ({value!r}): {f.metadata.get('help', '')}")
+    return lines
+
+
+def validate(cfg: ServeConfig) -> None:
+    """Checks that need more than one field, or the filesystem."""
+    if cfg.draft not in DRAFTS:
+        raise ConfigError(f"draft={cfg.draft!r} is not one of {', '.join(DRAFTS)}")
+    if cfg.learner.mode != "async":
+        raise ConfigError(f"learner.mode={cfg.learner.mode!r}: a server learns on its own thread; set learner.mode=async")
+    if cfg.drafter.kind not in DRAFTER_KINDS:
+        raise ConfigError(f"drafter.kind={cfg.drafter.kind!r} is not one of {', '.join(DRAFTER_KINDS)}")
+    if cfg.torch_threads is not None and cfg.torch_threads < 1:
+        raise ConfigError(f"torch_threads={cfg.torch_threads} must be >= 1 or null")
+    if cfg.decode.k >= cfg.server.max_tokens:
+        raise ConfigError(f"decode.k={cfg.decode.k} must be < server.max_tokens={cfg.server.max_tokens}")
+    for key in ("world.target", "drafter.path"):
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and _looks_like_path(value) and not Path(value).expanduser().exists():
+            raise ConfigError(f"{key}={value!r} does not exist: give an existing local path (or a hub id, online)")
+    if cfg.world.target and cfg.draft == "pretrained" and cfg.drafter.kind == "small_lm" and not cfg.drafter.path:
+        raise ConfigError(
+            "world.target is an external model, so the world's drafter pretraining does not fit its vocabulary: "
+            "set drafter.path to a small causal LM sharing its tokenizer, or use draft=scratch"
+        )
+
+
+def parse_overrides(cls: type[Config], argv: list[str], command: str) -> Config:
+    """``[--config FILE.yaml] [key=value ...]`` -> a ``cls`` instance (range-checked by its
+    ``__post_init__``s); any problem is a :class:`ConfigError`."""
+    argv = list(argv)
+    files = []
+    while "--config" in argv:
+        at = argv.index("--config")
+        if at + 1 >= len(argv):
+            raise ConfigError("--config needs a YAML file path")
+        files.append(argv[at + 1])
+        del argv[at : at + 2]
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise ConfigError(f"cannot parse {bad}: overrides look like key=value (e.g. server.port=8001); see {command} --help")
+    try:
+        merged = OmegaConf.structured(cls)
+        for path in files:
+            if not Path(path).is_file():
+                raise ConfigError(f"--config {path!r} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(argv))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or ""
+        raise ConfigError(f"bad config key {key!r}: {str(error).splitlines()[0]} (see {command} --help)") from None
+    except ValueError as error:  # a dataclass __post_init__ range check
+        raise ConfigError(str(error)) from None
+
+
+def load_config(argv: list[str]) -> ServeConfig:
+    cfg = parse_overrides(ServeConfig, argv, "python -m aurora_rl.serve")
+    validate(cfg)
+    return cfg
+
+
+def as_train_config(cfg: ServeConfig) -> TrainConfig:
+    """The train CLI's view of this config, so its drafter builders (``train.arms``) serve here."""
+    return TrainConfig(seed=cfg.seed, progress=cfg.progress, world=cfg.world, decode=cfg.decode,
+                       drafter=cfg.drafter, algo=cfg.algo, learner=cfg.learner)  # fmt: skip
+
+
+def to_yaml(cfg: ServeConfig) -> str:
+    """The resolved config, with the API key (if any) redacted."""
+    redacted = replace(cfg, server=replace(cfg.server, api_key="***" if cfg.server.api_key else None))
+    return OmegaConf.to_yaml(OmegaConf.structured(redacted))
