@@ -3,7 +3,9 @@ the traces; the learner publishes while serving; NaN updates are rejected; a cra
 learner leaves serving up; a bad version is rolled back; shutdown saves the learner."""
 
 import json
+import re
 import threading
+import time
 
 import httpx
 import openai
@@ -161,3 +163,23 @@ def test_a_restarted_server_continues_the_version_numbers(tmp_path):
     SnapshotStore(tmp_path).save(SmallLMDrafter(model, version=7))  # left by an earlier run
     server = tiny_server(snapshot_dir=tmp_path)
     assert server.live.version == 8 and SnapshotStore(tmp_path).latest_version() == 8
+
+
+def test_a_throttled_learner_rests_between_steps(monkeypatch):
+    """learner.async_busy_fraction=0.5: after each 40 ms step the thread rests ~40 ms."""
+    server = tiny_server(learner=LearnerConfig(mode="async", async_busy_fraction=0.5))
+    learner = server.learning.learner
+    calls = []
+
+    def step(updates=None):
+        calls.append(updates)
+        time.sleep(0.04)
+        return [{"update/rejected": 0.0}]
+
+    monkeypatch.setattr(learner, "train_round", step)
+    learner.start()
+    time.sleep(1.0)
+    learner.stop()
+    assert 7 <= len(calls) <= 14  # ~12 steps in 1 s; 25 if it never rested
+    with pytest.raises(ValueError, match=re.escape("learner.async_busy_fraction must be in (0, 1], got 0")):
+        LearnerConfig(async_busy_fraction=0)

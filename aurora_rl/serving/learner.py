@@ -53,6 +53,7 @@ class LearnerConfig:
     rollback_window: int = _help("verify steps after a swap over which live acceptance is watched (0 = never roll back)", 64)
     rollback_drop: float = _help("roll back if live accepted/step falls by more than this fraction after a swap", 0.25)
     async_idle_seconds: float = _help("async: sleep when there is nothing to train on", 0.05)
+    async_busy_fraction: float = _help("async: most of the wall-clock time the learner may spend training; after each step it rests so that it stays under this share (1 = never rests), leaving CPU to decoding on shared cores", 1.0)
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "async"):
@@ -66,6 +67,8 @@ class LearnerConfig:
             raise ValueError(f"learner.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
         if not 0.0 <= self.rollback_drop < 1.0:
             raise ValueError(f"learner.rollback_drop must be in [0, 1), got {self.rollback_drop}")
+        if not 0.0 < self.async_busy_fraction <= 1.0:
+            raise ValueError(f"learner.async_busy_fraction must be in (0, 1], got {self.async_busy_fraction}")
         if self.rollback_window < 0:
             raise ValueError(f"learner.rollback_window must be >= 0, got {self.rollback_window}")
 
@@ -191,8 +194,12 @@ class Learner:
 
     def _run(self) -> None:
         while not self._stop.is_set() and self.error is None:
+            began = time.perf_counter()
             if not self.train_round(1):
                 self._stop.wait(self.config.async_idle_seconds)
+            elif self.config.async_busy_fraction < 1.0:
+                busy = time.perf_counter() - began
+                self._stop.wait(busy * (1.0 / self.config.async_busy_fraction - 1.0))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the background thread after its current step."""
