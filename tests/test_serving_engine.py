@@ -131,22 +131,25 @@ def test_cancel_stops_a_request_and_a_failing_step_fails_only_its_request(models
 
     monkeypatch.setattr(SpeculativeDecoder, "step", step)
     engine.add_trace_listener(lambda trace: 1 / 0)  # a broken listener must not stop decoding either
-    cancelled_q, boom_q, fine_q = queue.Queue(), queue.Queue(), queue.Queue()
+    cancelled_q, stopped_q, boom_q, fine_q = queue.Queue(), queue.Queue(), queue.Queue(), queue.Queue()
     handle = engine.submit(GenerationRequest("cancelled", (5, 6, 7), 200), cancelled_q.put)
+    engine.submit(GenerationRequest("stopped", (5, 6), 200), stopped_q.put).cancel("stop")  # the caller saw a stop string
     engine.submit(GenerationRequest("boom", (5, 6, 7), 32), boom_q.put)
     engine.submit(GenerationRequest("fine", (8, 9), 32), fine_q.put)
     engine.start()
     cancelled_q.get(timeout=30)  # it has started
     handle.cancel()
     try:
-        outputs = {name: [q.get(timeout=30)] for name, q in [("cancelled", cancelled_q), ("boom", boom_q), ("fine", fine_q)]}
-        for name, q in [("cancelled", cancelled_q), ("boom", boom_q), ("fine", fine_q)]:
+        queues = [("cancelled", cancelled_q), ("stopped", stopped_q), ("boom", boom_q), ("fine", fine_q)]
+        outputs = {name: [q.get(timeout=30)] for name, q in queues}
+        for name, q in queues:
             while not outputs[name][-1].finished:
                 outputs[name].append(q.get(timeout=30))
     finally:
         engine.close()
     assert outputs["cancelled"][-1].stats.finish_reason == "cancelled"
     assert outputs["cancelled"][-1].stats.completion_tokens < 200
+    assert (outputs["stopped"][-1].stats.finish_reason, outputs["stopped"][-1].error) == ("stop", None)
     assert outputs["boom"][-1].stats.finish_reason == "error"
     assert outputs["boom"][-1].error == "decoding failed: RuntimeError: simulated kernel failure"
     assert outputs["fine"][-1].stats.finish_reason in ("eos", "length") and outputs["fine"][-1].error is None

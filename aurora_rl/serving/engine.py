@@ -73,7 +73,8 @@ class RequestStats:
     """How a finished request went.
 
     Attributes:
-        finish_reason: "eos", "length", "cancelled" or "error".
+        finish_reason: "eos", "length", "stop" (the caller ended it at a stop string),
+            "cancelled" or "error".
         draft_versions: the draft versions that proposed for it, in order of first use.
         queued_seconds / first_token_seconds / total_seconds: from submission to admission,
             to the first emitted token, and to the end.
@@ -132,6 +133,7 @@ class _Sequence:
     accepted: int = 0
     versions: list[int] = field(default_factory=list)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    cancelled_as: str = "cancelled"  # the finish reason a cancel reports
 
 
 class RequestHandle:
@@ -141,10 +143,13 @@ class RequestHandle:
         self._sequence = sequence
         self.request_id = sequence.request.request_id
 
-    def cancel(self) -> None:
+    def cancel(self, finish_reason: str = "cancelled") -> None:
         """Stop decoding before the next step (no-op once finished); the sink then gets a
-        final output with finish_reason "cancelled"."""
-        self._sequence.cancel_requested.set()
+        final output with this finish reason: "cancelled" (nobody wants the rest) or "stop"
+        (the caller found a stop string: the request ended normally). The first cancel wins."""
+        if not self._sequence.cancel_requested.is_set():
+            self._sequence.cancelled_as = finish_reason
+            self._sequence.cancel_requested.set()
 
 
 class Engine:
@@ -301,7 +306,7 @@ class Engine:
         request = sequence.request
         sequence.admitted = time.perf_counter()
         if sequence.cancel_requested.is_set():
-            self._finish(sequence, "cancelled", "the request was cancelled before it started")
+            self._cancelled(sequence)
             return False
         sampling_rule = replace(self.decode, sampling=request.sampling)
         try:
@@ -315,7 +320,7 @@ class Engine:
     def _step(self, sequence: _Sequence) -> bool:
         """One verify step of ``sequence``; returns whether it is still in flight."""
         if sequence.cancel_requested.is_set():
-            self._finish(sequence, "cancelled", "the request was cancelled")
+            self._cancelled(sequence)
             return False
         try:
             trace = sequence.decoder.step(sequence.state, sequence.generator)
@@ -365,7 +370,11 @@ class Engine:
             total_seconds=now - sequence.submitted,
         )
 
-    def _finish(self, sequence: _Sequence, finish_reason: str, error: str) -> None:
+    def _cancelled(self, sequence: _Sequence) -> None:
+        reason = sequence.cancelled_as
+        self._finish(sequence, reason, None if reason == "stop" else "the request was cancelled")
+
+    def _finish(self, sequence: _Sequence, finish_reason: str, error: str | None) -> None:
         stats = self._stats(sequence, finish_reason)
         self._send(sequence, EngineOutput((), None, stats, error))
         self._notify_finished(stats)

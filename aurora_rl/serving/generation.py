@@ -50,8 +50,8 @@ class Submission:
         finally:
             self._handle.cancel()
 
-    def cancel(self) -> None:
-        self._handle.cancel()
+    def cancel(self, finish_reason: str = "cancelled") -> None:
+        self._handle.cancel(finish_reason)
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ async def text_pieces(submission: Submission, tokenizer: PreTrainedTokenizerBase
         if output.finished and not text.stopped:
             delta += text.flush()
         if text.stopped and not output.finished:
-            submission.cancel()  # the rest of the budget is not wanted; the final output follows
+            submission.cancel("stop")  # the rest of the budget is not wanted; the final output follows
             yield Piece(delta, version)
         elif output.finished:
             reason = "stop" if text.stopped or output.stats.finish_reason == "eos" else "length"
