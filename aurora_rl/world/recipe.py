@@ -103,7 +103,7 @@ class WorldRecipe:
         metadata={"help": "Shape of the world's default (untrained) small-LM drafter config."},
     )
     max_positions: int = field(default=512, metadata={"help": "max_position_embeddings of both models (>= seq_len)."})
-    train_steps: int = field(default=420, metadata={"help": "Optimizer steps for the target."})
+    train_steps: int = field(default=500, metadata={"help": "Optimizer steps for the target."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per target training step."})
     seq_len: int = field(default=256, metadata={"help": "Tokens per training sequence."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate (cosine decay)."})
