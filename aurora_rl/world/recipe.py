@@ -68,9 +68,9 @@ class ModelShape:
         )
 
 
-def _check_range(owner: str, name: str, value: tuple[int, int]) -> None:
+def _check_range(name: str, value: tuple[int, int]) -> None:
     if not (len(value) == 2 and all(isinstance(v, int) for v in value) and 0 < value[0] <= value[1]):
-        raise ValueError(f"{owner}.{name}={value!r}: must be a (min, max) pair of ints with 0 < min <= max.")
+        raise ValueError(f"WorldRecipe.{name}={value!r}: must be a (min, max) pair of ints with 0 < min <= max.")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ class WorldRecipe:
     """Everything that determines a world. The defaults are the `default` world.
 
     Sample lengths are budgets in characters, enforced on every domain: stdlib text is cut
-    into windows of whole lines within them, generated samples outside them are redrawn.
+    into windows of whole lines (code) or sentences (prose) within them, and generated
+    samples outside them are redrawn.
     """
 
     name: str = field(default="default", metadata={"help": "Cache directory prefix; letters, digits, '-' and '_'."})
@@ -124,8 +125,8 @@ class WorldRecipe:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"WorldRecipe.{name}={value!r}: must be a positive int.")
-        _check_range("WorldRecipe", "prompt_chars", self.prompt_chars)
-        _check_range("WorldRecipe", "reference_chars", self.reference_chars)
+        _check_range("prompt_chars", self.prompt_chars)
+        _check_range("reference_chars", self.reference_chars)
         if self.vocab_size < MIN_VOCAB_SIZE:
             raise ValueError(
                 f"WorldRecipe.vocab_size={self.vocab_size}: must be >= {MIN_VOCAB_SIZE} "
