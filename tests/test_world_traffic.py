@@ -1,7 +1,6 @@
 """Traffic streams: reproducible schedules with domain tags, and prompt loading from any source."""
 
 import json
-from collections import Counter
 
 import datasets
 import pyarrow as pa
