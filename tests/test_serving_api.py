@@ -2,6 +2,7 @@
 every answer equals the target's own greedy output (lossless), streamed or not, alone or
 with concurrent requests."""
 
+import json
 import threading
 
 import httpx
@@ -10,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aurora_rl.serving.chat import plain_transcript
-from serving_harness import MODEL, greedy, serving, text_of, tiny, tiny_server
+from serving_harness import MODEL, greedy, serving, text_of, tiny, tiny_server, wait_for
 
 PROMPTS = [
     "def fibonacci(n):\n",
@@ -183,3 +184,20 @@ def test_models_health_and_metrics(server, client, url):
     assert after[("aurora_draft_version", ())] == server.live.version
     assert after[("aurora_queue_depth", ())] == 0
     assert after[("aurora_learner_state", (("state", "off"),))] == 1
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_decode_slot(server, url):
+    def cancelled():
+        text = httpx.get(f"{url}/metrics").text
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith('aurora_requests_total{finish_reason="cancelled"}'))  # fmt: skip
+
+    before = cancelled()
+    body = {"model": MODEL, "prompt": PROMPTS[0], "max_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body) as response:
+        first = next(line for line in response.iter_lines() if line.startswith("data: "))
+    request_id = json.loads(first[len("data: ") :])["id"]
+    wait_for(lambda: cancelled() == before + 1, timeout=10, what="the engine to cancel the request")
+    assert server.engine.num_active == 0
+    generated = sum(len(t.emitted) for t in server.engine.traces_of(request_id))
+    assert generated < len(reference(tiny()[0](PROMPTS[0])["input_ids"], 400))  # it stopped before its budget
