@@ -97,6 +97,7 @@ def test_oversized_body(url, chunked):
     response = httpx.post(f"{url}/v1/completions", content=content, headers={"Content-Type": "application/json"})
     assert answer(response) == error(413, "The request body exceeds this server's limit of 16384 bytes "
                                           "(server.max_body_bytes); send a shorter prompt.", "request_too_large")  # fmt: skip
+    assert 'aurora_http_requests_total{code="413",endpoint="/v1/completions"}' in httpx.get(f"{url}/metrics").text
     assert_still_serving(url)
 
 

@@ -115,8 +115,8 @@ def create_app(
                 await asyncio.to_thread(learning.stop)
 
     app = FastAPI(title="aurora_rl", summary="Online speculative decoding, OpenAI-compatible", lifespan=lifespan)
-    app.add_middleware(CountRequests, metrics=metrics)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(CountRequests, metrics=metrics)  # outermost: counts the 413s too
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError) -> JSONResponse:
