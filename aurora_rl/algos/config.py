@@ -53,7 +53,11 @@ class AlgoConfig:
     pg_mode: str = _help("pg: 'ppo_clip' or 'truncated_is' off-policy correction", "ppo_clip")
     clip_eps: float = _help("pg (ppo_clip): ratio clip range", 0.2)
     rho_max: float = _help("pg (truncated_is): importance-weight cap", 1.0)
-    pg_kl_coef: float = _help("pg: weight of an auxiliary forward-KL anchor (0 = pure PG)", 0.0)
+    pg_kl_coef: float = _help(
+        "pg: weight of a forward-KL anchor to the target (0 = pure REINFORCE). Pure PG from an "
+        "untrained draft barely learns: its reward (an accepted sample) comes ~1/V of the time",
+        0.3,
+    )
     explore_temperature: float = _help(
         "pg: when decoding is greedy the draft samples its proposals at this temperature "
         "(still lossless) so the policy gradient has a stochastic policy to improve",
