@@ -13,13 +13,16 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.world import World, train_causal_lm
+from aurora_rl.world.tokenizer import encoded_examples
 from aurora_rl.world.cache import InvalidWorld, cache_root, exclusive_lock, read_manifest, staging_directory, write_manifest
 
 logger = logging.getLogger(__name__)
 
-DRAFTER_BUILD_VERSION = 1
+DRAFTER_BUILD_VERSION = 2
 REQUIRED_FILES = ("policy.json", "config.json", "model.safetensors")
 
 
@@ -84,12 +87,16 @@ def _train(world: World, recipe: DrafterRecipe, progress: bool) -> SmallLMDrafte
     data = world.dataset("train")
     if recipe.domains is not None:
         data = data.filter(lambda row: row["domain"] in recipe.domains)
-    texts = [p + r for p, r in zip(data["prompt"], data["reference"])]
+    tokenizer = world.tokenizer()
+    # Tokenised exactly as the target was trained (prompt and reference separately), so the
+    # drafter never learns a token the target cannot emit at the prompt boundary.
+    examples = encoded_examples(tokenizer, data["prompt"], data["reference"])
+    stream = torch.tensor([token for ids, _ in examples for token in ids], dtype=torch.long)
     drafter = SmallLMDrafter.from_config(world.drafter_config(), seed=recipe.seed)
     train_causal_lm(
         drafter.model,
-        world.tokenizer(),
-        texts,
+        tokenizer,
+        stream,
         steps=recipe.steps,
         batch_size=recipe.batch_size,
         seq_len=recipe.seq_len,

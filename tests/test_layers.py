@@ -1,0 +1,68 @@
+"""Imports point downward only (ARCHITECTURE.md): checked by scanning every module's imports."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "aurora_rl"
+
+# Lower numbers are lower layers; a module may import its own layer or lower ones.
+LAYER = {
+    "world": 0,
+    "plots": 0,
+    "core": 1,
+    "policies": 2,
+    "algos": 3,
+    "envs": 4,
+    "serving": 4,
+    "train": 5,
+    "serve": 6,
+}
+# Extra rules beyond the ordering.
+FORBIDDEN = {
+    "policies": {"gymnasium"},
+    "algos": {"gymnasium", "aurora_rl.envs", "aurora_rl.serving", "torch.utils.tensorboard"},
+    "serving": {"gymnasium", "aurora_rl.envs"},
+    "core": {"gymnasium"},
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def layer_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "aurora_rl" and len(parts) > 1 else None
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_downward(path):
+    relative = path.relative_to(PACKAGE)
+    own = relative.parts[0].removesuffix(".py") if len(relative.parts) > 1 or relative.name != "__init__.py" else None
+    if own is None:  # aurora_rl/__init__.py only registers the env by string
+        return
+    assert own in LAYER, f"{relative}: add its package to LAYER in this test"
+    for module in imported_modules(path):
+        assert not module.startswith(("experiments", "benchmarks")), f"{relative} imports {module}"
+        for banned in FORBIDDEN.get(own, ()):
+            assert not (module == banned or module.startswith(banned + ".")), f"{relative} must not import {module}"
+        other = layer_of(module)
+        if other is not None and other in LAYER:
+            assert LAYER[other] <= LAYER[own], f"{relative} ({own}) imports {module} ({other}), a higher layer"
+
+
+def test_every_package_is_classified():
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert packages <= set(LAYER), f"unclassified: {packages - set(LAYER)}"
