@@ -115,7 +115,10 @@ def test_a_crashed_learner_does_not_take_serving_down(tmp_path, monkeypatch):
 
     monkeypatch.setattr(server.learning.learner.algorithm, "update", explode)
     with serving(server) as url:
-        complete(url, PROMPTS[0])
+        for i in range(40):  # until the buffer holds min_traces training traces and the learner tries
+            assert complete(url, PROMPTS[i % 4])["choices"][0]["text"] == expected_text(PROMPTS[i % 4], 24)
+            if server.learning.learner.state == "crashed":
+                break
         wait_for(lambda: server.learning.learner.state == "crashed", what="the learner to crash")
         health = httpx.get(f"{url}/health")
         assert health.status_code == 200 and health.json()["learner"] == "crashed"
