@@ -5,13 +5,14 @@ learner leaves serving up; a bad version is rolled back; shutdown saves the lear
 import json
 import re
 import threading
-import time
+from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 import torch
 
+import aurora_rl.serving.learner as learner_module
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.serving.learner import LearnerConfig
 from aurora_rl.serving.publish import SnapshotStore
@@ -168,21 +169,27 @@ def test_a_restarted_server_continues_the_version_numbers(tmp_path):
     assert server.live.version == 8 and SnapshotStore(tmp_path).latest_version() == 8
 
 
-def test_a_throttled_learner_rests_between_steps(monkeypatch):
-    """learner.async_busy_fraction=0.5: after each 40 ms step the thread rests ~40 ms."""
-    server = tiny_server(learner=LearnerConfig(mode="async", async_busy_fraction=0.5))
-    learner = server.learning.learner
-    calls = []
+def test_a_throttled_learner_rests_in_proportion_to_its_work(monkeypatch):
+    """learner.async_busy_fraction=0.25: 40 ms of training is followed by 120 ms of rest
+    (a fake clock and stop event make the schedule exact)."""
+    learner = tiny_server(learner=LearnerConfig(mode="async", async_busy_fraction=0.25)).learning.learner
+    clock, rests = [0.0], []
 
-    def step(updates=None):
-        calls.append(updates)
-        time.sleep(0.04)
+    def train_round(updates=None):
+        clock[0] += 0.04
         return [{"update/rejected": 0.0}]
 
-    monkeypatch.setattr(learner, "train_round", step)
-    learner.start()
-    time.sleep(1.0)
-    learner.stop()
-    assert 7 <= len(calls) <= 14  # ~12 steps in 1 s; 25 if it never rested
+    class StopAfterThreeRests:
+        def is_set(self):
+            return len(rests) >= 3
+
+        def wait(self, seconds):
+            rests.append(seconds)
+
+    monkeypatch.setattr(learner_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(learner, "train_round", train_round)
+    monkeypatch.setattr(learner, "_stop", StopAfterThreeRests())
+    learner._run()
+    assert rests == pytest.approx([0.12] * 3)
     with pytest.raises(ValueError, match=re.escape("learner.async_busy_fraction must be in (0, 1], got 0")):
         LearnerConfig(async_busy_fraction=0)
