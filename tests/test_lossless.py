@@ -164,3 +164,18 @@ def test_the_distribution_test_detects_a_broken_rule(monkeypatch):
     counts = sample_speculatively(target_model, draft_model, prompt, sampling)
     pvalue, _ = chi_square_test(counts, exact_distribution(target_model, prompt, sampling))
     assert pvalue < ALPHA
+
+
+@pytest.mark.parametrize("k", [3, 8])
+def test_early_stopped_drafting_stays_lossless_and_drafts_less(random_target_model, drafts, k):
+    """``draft_confidence`` shortens proposals where the draft is unsure; output is unchanged."""
+    model = random_target_model
+    full = SpeculativeDecoder(Target(model), drafts["agrees_often"], DecodeConfig(k=k), [EOS])
+    adaptive = SpeculativeDecoder(Target(model), drafts["agrees_often"], DecodeConfig(k=k, draft_confidence=0.6), [EOS])
+    proposed_full = proposed_adaptive = 0
+    for prompt in seeded_prompts(8, model.config.vocab_size, seed=100 + k):
+        a, b = full.generate(prompt, 40), adaptive.generate(prompt, 40)
+        assert a.tokens.tolist() == b.tokens.tolist()
+        proposed_full += sum(t.num_proposed for t in a.traces)
+        proposed_adaptive += sum(t.num_proposed for t in b.traces)
+    assert proposed_adaptive < proposed_full

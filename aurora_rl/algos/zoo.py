@@ -101,7 +101,7 @@ class ExpectedAcceptance(Algorithm):
         rate = (length / n_valid)[:, None]
         has_valid = batch.valid_mask.any(-1, keepdim=True)
         loss = weighted_mean(-rate * has_valid, has_valid, batch.weights)
-        return loss, {"losses/expected_accepted": float(length.mean())}
+        return loss, {"losses/expected_accepted": float(length.detach().mean())}
 
 
 def make_algorithm(policy, config, accelerator=None) -> Algorithm:

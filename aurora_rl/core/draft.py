@@ -54,9 +54,18 @@ class DraftSession(Protocol):
     """Draft-side state of one sequence."""
 
     def propose(
-        self, k: int, sampling: SamplingParams, generator: torch.Generator | None
+        self,
+        k: int,
+        sampling: SamplingParams,
+        generator: torch.Generator | None,
+        min_confidence: float | None = None,
     ) -> Proposal:
-        """Propose ``k`` tokens continuing the sequence as committed so far."""
+        """Propose up to ``k`` tokens continuing the sequence as committed so far.
+
+        With ``min_confidence``, stop early after a proposal the draft itself gives less
+        than that probability (see :func:`unconfident`): it would likely be rejected, and
+        every further draft forward would be wasted.
+        """
         ...
 
     def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
@@ -90,6 +99,13 @@ class DraftPolicy(Protocol):
         features for those ``L - 1`` positions (None unless ``uses_target_features``).
         """
         ...
+
+
+def unconfident(raw_logits: torch.Tensor, token: int, min_confidence: float | None) -> bool:
+    """True if the draft's own temperature-1 probability of ``token`` is below the bar."""
+    if min_confidence is None:
+        return False
+    return float(raw_logits.float().softmax(-1)[token]) < min_confidence
 
 
 def check_vocab_compatible(draft_vocab: int, target_vocab: int) -> None:

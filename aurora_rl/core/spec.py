@@ -164,12 +164,16 @@ class DecodeConfig:
             gradient needs it). None = argmax.
         trace_topk: keep the target's distributions in traces as their top-K entries
             (None = the full vocabulary).
+        draft_confidence: stop drafting early, after a proposal the draft gives less than
+            this probability (None = always ``k`` proposals). Lossless either way; it saves
+            the draft forwards (and verify width) of proposals that would be rejected.
     """
 
     k: int = 4
     sampling: SamplingParams = GREEDY
     explore_temperature: float | None = None
     trace_topk: int | None = None
+    draft_confidence: float | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -180,6 +184,8 @@ class DecodeConfig:
             )
         if self.trace_topk is not None and self.trace_topk < 1:
             raise ValueError(f"trace_topk must be >= 1 or None (full), got {self.trace_topk}")
+        if self.draft_confidence is not None and not 0.0 < self.draft_confidence < 1.0:
+            raise ValueError(f"draft_confidence must be in (0, 1) or None, got {self.draft_confidence}")
 
     @property
     def draft_sampling(self) -> SamplingParams:
@@ -309,7 +315,7 @@ def speculate_step(
     session = sync_session(state, policy)
     k_step = min(config.k, state.remaining - 1)
     if k_step > 0:
-        proposal = session.propose(k_step, config.draft_sampling, generator)
+        proposal = session.propose(k_step, config.draft_sampling, generator, config.draft_confidence)
     else:
         proposal = _no_proposal(policy.vocab_size)
     return verify_step(target, state, proposal, config, generator, policy.version, session)

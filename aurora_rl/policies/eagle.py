@@ -26,7 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import Proposal
+from aurora_rl.core.draft import Proposal, unconfident
 from aurora_rl.core.sampling import SamplingParams, probs_from_logits
 from aurora_rl.core.target import Target
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
@@ -81,7 +81,13 @@ class EagleSession:
         self.fed = len(self.tokens)
         self._pending = self._pending[:0]
 
-    def propose(self, k: int, sampling: SamplingParams, generator: torch.Generator | None) -> Proposal:
+    def propose(
+        self,
+        k: int,
+        sampling: SamplingParams,
+        generator: torch.Generator | None,
+        min_confidence: float | None = None,
+    ) -> Proposal:
         head = self.model.head
         tokens, dists, raw = [], [], []
         with torch.inference_mode():
@@ -97,6 +103,8 @@ class EagleSession:
                 tokens.append(token)
                 dists.append(dist)
                 raw.append(logits)
+                if unconfident(logits, token, min_confidence):
+                    break
                 if i < k - 1:  # the last proposal is never fed, as in the small LM
                     position = torch.tensor([[len(self.tokens) + i]])
                     ids = torch.tensor([[token]])

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import Proposal
+from aurora_rl.core.draft import Proposal, unconfident
 from aurora_rl.core.sampling import SamplingParams, probs_from_logits
 from aurora_rl.core.target import RollbackCache, run_cached
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
@@ -36,7 +36,11 @@ class SmallLMSession:
         self._proposed: list[int] = []
 
     def propose(
-        self, k: int, sampling: SamplingParams, generator: torch.Generator | None
+        self,
+        k: int,
+        sampling: SamplingParams,
+        generator: torch.Generator | None,
+        min_confidence: float | None = None,
     ) -> Proposal:
         feed = self.tokens[len(self.cache) :]
         tokens, dists, raw = [], [], []
@@ -47,6 +51,8 @@ class SmallLMSession:
             tokens.append(token)
             dists.append(dist)
             raw.append(logits)
+            if unconfident(logits, token, min_confidence):
+                break
             feed = [token]
         self._proposed = tokens
         return Proposal(torch.tensor(tokens, dtype=torch.long), torch.stack(dists), torch.stack(raw))

@@ -65,6 +65,9 @@ class DecodeSection:
     top_k: int = _help("target top-k (0 = off)", 0)
     top_p: float = _help("target top-p (1 = off)", 1.0)
     trace_topk: int | None = _help("keep only the target's top-K probabilities in traces (null = full vocabulary)", None)
+    draft_confidence: float | None = _help(
+        "stop drafting after a proposal the draft gives less than this probability (null = always k); "
+        "lossless, faster in wall-clock, but traces then have fewer positions to learn from", None)
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -77,10 +80,12 @@ class DecodeSection:
             raise ValueError(f"decode.top_p={self.top_p} must be in (0, 1] (1 = off)")
         if self.trace_topk is not None and self.trace_topk < 1:
             raise ValueError(f"decode.trace_topk={self.trace_topk} must be >= 1 or null (full vocabulary)")
+        if self.draft_confidence is not None and not 0 < self.draft_confidence < 1:
+            raise ValueError(f"decode.draft_confidence={self.draft_confidence} must be in (0, 1) or null")
 
     def to_decode_config(self, explore_temperature: float | None = None) -> DecodeConfig:
         sampling = SamplingParams(self.temperature, self.top_k, self.top_p)
-        return DecodeConfig(self.k, sampling, explore_temperature, self.trace_topk)
+        return DecodeConfig(self.k, sampling, explore_temperature, self.trace_topk, self.draft_confidence)
 
 
 @dataclass
