@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(PY) -m aurora_rl.demo
+	$(PY) -m aurora_rl.train
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -1,26 +1,26 @@
 """Every algorithm trains both drafters on the tiny world and raises accepted length.
 
 Accepted length is measured through the real decode path (``SpeculativeDecoder`` on
-held-out prompts), never through a proxy. Protocol per (algorithm, drafter): a few rounds
-of on-policy trace collection on training prompts, each followed by a few updates, on the
-tiny world's predictable domains (its code and prose are near-unpredictable for a tiny
-target, perplexity ~50, which would make a tiny budget measure noise).
+held-out prompts), never through a proxy. Protocol (``aurora_rl.train.rounds``): a few
+rounds of on-policy trace collection on training prompts, each followed by a few updates,
+on the tiny world's predictable domains (its code and prose are near-unpredictable for a
+tiny target, perplexity ~50, which would make a small budget measure noise).
 """
 
 import pytest
-import torch
 
-from aurora_rl.algos import ALGORITHMS, AlgoConfig, make_algorithm
-from aurora_rl.core.generate import SpeculativeDecoder
+from aurora_rl.algos import ALGORITHMS, AlgoConfig
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
 from aurora_rl.policies.eagle import EagleDrafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.train.rounds import accepted_length, train_rounds
 from aurora_rl.world import get_world
 from aurora_rl.world.traffic import make_traffic
 
-ROUNDS, UPDATES_PER_ROUND, TRAIN_PROMPTS, EVAL_PROMPTS, NEW_TOKENS, K = 3, 30, 8, 8, 32, 4
+ROUNDS, UPDATES_PER_ROUND, TRAIN_PROMPTS, EVAL_PROMPTS, NEW_TOKENS = 3, 30, 8, 8, 32
 DOMAINS = ("math", "sql", "chat")
+DECODE = DecodeConfig(k=4)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,9 @@ def setting():
     encode = lambda stream: [tokenizer(r.prompt)["input_ids"] for r in stream.requests]  # noqa: E731
     split = lambda name: world.dataset(name).filter(lambda row: row["domain"] in DOMAINS)  # noqa: E731
     train = encode(make_traffic(split("train"), "mixed", ROUNDS * TRAIN_PROMPTS, seed=1))
+    rounds = [train[i * TRAIN_PROMPTS : (i + 1) * TRAIN_PROMPTS] for i in range(ROUNDS)]
     heldout = encode(make_traffic(split("heldout"), "mixed", EVAL_PROMPTS, seed=2))
-    return world, tokenizer, target, train, heldout
+    return world, tokenizer, target, rounds, heldout
 
 
 def fresh(kind, world, target):
@@ -41,41 +42,24 @@ def fresh(kind, world, target):
     return SmallLMDrafter.from_config(world.drafter_config(), seed=0)
 
 
-def accepted_length(target, drafter, prompts, eos) -> float:
-    decoder = SpeculativeDecoder(target, drafter, DecodeConfig(k=K), eos)
-    tokens = steps = 0
-    for ids in prompts:
-        gen = decoder.generate(ids, NEW_TOKENS, keep_traces=False)
-        tokens, steps = tokens + len(gen.tokens), steps + gen.num_steps
-    return tokens / steps
-
-
 @pytest.fixture(scope="module")
 def untrained(setting):
     world, tokenizer, target, _, heldout = setting
     eos = [tokenizer.eos_token_id]
-    return {kind: accepted_length(target, fresh(kind, world, target), heldout, eos) for kind in ("small_lm", "eagle")}
+    return {kind: accepted_length(target, fresh(kind, world, target), heldout, DECODE, NEW_TOKENS, eos)
+            for kind in ("small_lm", "eagle")}
 
 
 @pytest.mark.parametrize("kind", ["small_lm", "eagle"])
 @pytest.mark.parametrize("name", ALGORITHMS)
 def test_algorithm_raises_accepted_length_above_the_untrained_draft(setting, untrained, name, kind):
-    world, tokenizer, target, train, heldout = setting
-    eos, pad = [tokenizer.eos_token_id], tokenizer.pad_token_id
+    world, tokenizer, target, rounds, heldout = setting
+    eos = [tokenizer.eos_token_id]
     drafter = fresh(kind, world, target)
-    algorithm = make_algorithm(drafter, AlgoConfig(name=name, lr=1e-2, batch_size=32, max_context=64))
-    explore = 1.0 if algorithm.needs_exploration else None
-    collector = SpeculativeDecoder(target, drafter, DecodeConfig(k=K, explore_temperature=explore), eos)
-    generator = torch.Generator().manual_seed(0)
-    for round_ in range(ROUNDS):
-        traces = []
-        for ids in train[round_ * TRAIN_PROMPTS : (round_ + 1) * TRAIN_PROMPTS]:
-            traces += [t for t in collector.generate(ids, NEW_TOKENS, generator).traces if t.num_proposed]
-        for _ in range(UPDATES_PER_ROUND):
-            chosen = torch.randperm(len(traces), generator=generator)[:32].tolist()
-            metrics = algorithm.update(algorithm.batch([traces[i] for i in chosen], pad_id=pad))
-            assert metrics["update/rejected"] == 0.0
-    trained = accepted_length(target, drafter, heldout, eos)
+    algo = AlgoConfig(name=name, lr=1e-2, batch_size=32, max_context=64, context_lm_coef=0.0)
+    algorithm = train_rounds(target, drafter, algo, rounds, DECODE, NEW_TOKENS, eos, tokenizer.pad_token_id, UPDATES_PER_ROUND)
+    assert algorithm.updates == ROUNDS * UPDATES_PER_ROUND and algorithm.rejected == 0
+    trained = accepted_length(target, drafter, heldout, DECODE, NEW_TOKENS, eos)
     # The untrained draft accepts nothing (tau = 1.000 exactly), so any rise is learning; the
     # mode-seeking objectives (reverse KL, expected acceptance, whose gradient at position i
     # is scaled by the acceptance of all earlier ones) rise least in this small budget.

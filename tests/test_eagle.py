@@ -255,7 +255,7 @@ def test_a_learner_algorithm_trains_the_head_and_nothing_else(random_target_mode
     drafter = EagleDrafter.from_target(target, intermediate_size=96, seed=5)
     decoder = SpeculativeDecoder(target, drafter, DecodeConfig(k=3), [EOS])
     traces, _ = proposal_traces(decoder, seeded_prompts(4, seed=17), max_new_tokens=16)
-    algorithm = make_algorithm(drafter, AlgoConfig(name="forward_kl", lr=1e-2))
+    algorithm = make_algorithm(drafter, AlgoConfig(name="forward_kl", lr=1e-2, context_lm_coef=0.0))
     batch = algorithm.batch(traces)
     shared = [model.get_input_embeddings().weight.clone(), model.get_output_embeddings().weight.clone()]
     fc_before = drafter.head.fc.weight.detach().clone()

@@ -12,7 +12,6 @@ from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.serving.learner import Learner, LearnerConfig
-from aurora_rl.serving.monitor import SwapMonitor
 from aurora_rl.serving.publish import LivePolicy, SnapshotStore
 from conftest import make_llama
 
@@ -29,17 +28,16 @@ def fresh_draft(version=0):
     return SmallLMDrafter(make_llama(97, 32, 1, seed=7), version=version)
 
 
-def serve(target, live, buffer, learner, requests, start=0, monitor=None, train_every=8):
-    """Decode ``requests`` prompts, feeding traces to the learner every ``train_every`` steps."""
+def serve(target, live, buffer, learner, requests, start=0, observe=None, train_every=8):
+    """Decode ``requests`` prompts; traces go to ``observe`` (default: the buffer), and the
+    learner (if any) trains every ``train_every`` steps."""
     decoder = SpeculativeDecoder(target, live, DecodeConfig(k=4), [1])
     steps, taus, versions = [0], [], []
 
     def on_trace(trace):
         steps[0] += 1
         versions.append(trace.draft_version)
-        buffer.add(trace)
-        if monitor:
-            monitor.observe(trace)
+        (observe or buffer.add)(trace)
         if learner and steps[0] % train_every == 0:
             learner.train_round()
 
@@ -54,10 +52,15 @@ def test_online_learning_publishes_better_versions(target):
     live = LivePolicy(fresh_draft())
     config = LearnerConfig(train_every=8, updates_per_round=2, publish_every=8, min_traces=32)
     buffer = config.make_buffer()
-    learner = Learner(live, buffer, AlgoConfig(lr=3e-3), config)
-    taus, versions = serve(target, live, buffer, learner, requests=40)
+    # prompts here are uniform random tokens: a context language-model term would fit noise
+    learner = Learner(live, buffer, AlgoConfig(lr=3e-3, context_lm_coef=0.0), config)
+    untrained = live.current
+    _, versions = serve(target, live, buffer, learner, requests=40)
     assert learner.published >= 3 and live.version >= 3
-    assert sum(taus[-10:]) / 10 > sum(taus[:10]) / 10 + 0.5
+    # judged on the same 10 unseen prompts: the published draft beats the one it started from
+    held_out_before, _ = serve(target, LivePolicy(untrained), buffer, None, requests=10, start=1000)
+    held_out_after, _ = serve(target, LivePolicy(live.current), buffer, None, requests=10, start=1000)
+    assert sum(held_out_after) / 10 > sum(held_out_before) / 10 + 0.5
     # every trace names the version that proposed it, and versions only move forward
     assert versions == sorted(versions) and versions[0] == 0 and versions[-1] == live.version
 
@@ -133,16 +136,36 @@ def test_async_learner_runs_beside_decoding_and_stops_cleanly(target):
     assert learner.state == "idle" and learner.updates > 0
 
 
-def test_monitor_rolls_back_a_version_that_lowers_live_acceptance(target):
-    good = SmallLMDrafter(target.model)  # the target itself: accepts everything
-    live = LivePolicy(good)
-    rolled = []
-    monitor = SwapMonitor(live, window=20, drop=0.25, on_rollback=lambda bad, restored: rolled.append((bad, restored.version)))
-    buffer = LearnerConfig().make_buffer()
-    serve(target, live, buffer, None, requests=4, monitor=monitor)
+def test_a_worse_version_is_rolled_back_after_judging_it_on_its_own_live_traces(target):
+    live = LivePolicy(SmallLMDrafter(target.model))  # the target drafting itself: accepts everything
+    config = LearnerConfig(min_traces=10**6, rollback_window=20, rollback_drop=0.1)  # never trains
+    restored = []
+    learner = Learner(live, config.make_buffer(), AlgoConfig(), config, on_rollback=lambda bad, good: restored.append((bad, good.version)))
+    serve(target, live, learner.buffer, None, requests=3, observe=learner.observe)
     live.publish(fresh_draft(version=1))  # a much worse draft goes live
-    serve(target, live, buffer, None, requests=6, start=4, monitor=monitor)
-    assert rolled == [(1, 0)] and live.version == 0 and live.rollbacks == 1
+    serve(target, live, learner.buffer, None, requests=4, start=3, observe=learner.observe)
+    assert live.version == 1  # decoding never judges: the learner does, between rounds
+    learner.train_round()
+    (judgement,) = learner.monitor.judgements
+    assert judgement.rolled_back and judgement.score < judgement.previous_score
+    assert restored == [(1, 0)] and live.version == 0 and live.rollbacks == 1
+    assert learner.monitor.rolled_back == [1]
+
+
+def test_a_traffic_shift_alone_does_not_roll_back_an_equal_version(target):
+    """Live acceptance falls when traffic changes whatever the draft; judging both versions
+    on the same traces keeps that from being blamed on the new version."""
+    good = SmallLMDrafter(make_llama(97, 32, 1, seed=7))
+    live = LivePolicy(good)
+    config = LearnerConfig(min_traces=10**6, rollback_window=20, rollback_drop=0.1)
+    learner = Learner(live, config.make_buffer(), AlgoConfig(), config)
+    serve(target, live, learner.buffer, None, requests=4, observe=learner.observe)
+    live.publish(good.clone(version=1))  # the same weights under a new version number
+    serve(target, live, learner.buffer, None, requests=4, start=50, observe=learner.observe)  # other prompts
+    learner.train_round()
+    (judgement,) = learner.monitor.judgements
+    assert not judgement.rolled_back and judgement.score == judgement.previous_score
+    assert live.version == 1 and live.rollbacks == 0
 
 
 def test_snapshot_store_writes_complete_versions_atomically(tmp_path):

@@ -3,6 +3,7 @@ the traces; the learner publishes while serving; NaN updates are rejected; a cra
 learner leaves serving up; a bad version is rolled back; shutdown saves the learner."""
 
 import json
+import time
 import re
 import threading
 from types import SimpleNamespace
@@ -140,6 +141,9 @@ def test_a_version_that_lowers_live_acceptance_is_rolled_back():
         server.live.publish(noisy_drafter(model, scale=5.0, seed=3, version=1))  # a much worse draft goes live
         for prompt in PROMPTS * 2:
             assert complete(url, prompt)["choices"][0]["text"] == expected_text(prompt, 24)
+        deadline = time.monotonic() + 10  # the learner thread judges the swap between its rounds
+        while server.live.rollbacks == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert server.live.version == 0 and server.live.rollbacks == 1
         assert server.learning.monitor.rolled_back == [1]
         assert metric(url, "aurora_draft_rollbacks_total") == 1

@@ -46,6 +46,20 @@ def weighted_mean(values: torch.Tensor, position_weight: torch.Tensor, trace_wei
     return (values * w).sum() / denominator.clamp_min(1e-12) if denominator > 0 else (values * 0).sum()
 
 
+def context_cross_entropy(context_logits: torch.Tensor, batch: TraceBatch) -> torch.Tensor:
+    """Next-token cross-entropy over each trace's context window, trace-weighted.
+
+    ``context_logits`` ``(B, W - 1, V)`` at window positions ``0 .. W - 2`` predict the
+    context tokens ``1 .. W - 1``; pairs touching left padding are skipped.
+    """
+    targets = batch.context_ids[:, 1:]
+    mask = batch.context_mask[:, 1:] & batch.context_mask[:, :-1]
+    values = torch.nn.functional.cross_entropy(
+        context_logits.flatten(0, 1), targets.flatten(), reduction="none"
+    ).view_as(targets)
+    return weighted_mean(torch.where(mask, values, torch.zeros_like(values)), mask, batch.weights)
+
+
 class Algorithm:
     """Base class: optimiser, gradient clipping, rejection of bad updates, metrics.
 
@@ -89,8 +103,16 @@ class Algorithm:
         """One optimiser step on ``batch``; returns ``losses/*`` and ``update/*`` metrics."""
         self.module.train()
         try:
-            logits = self.module(batch.to(self.accelerator.device))
-            loss, metrics = self.loss(logits, batch.to(logits.device))
+            batch = batch.to(self.accelerator.device)
+            if self.config.context_lm_coef > 0:
+                logits, context_logits = self.module(batch, with_context=True)
+            else:
+                logits, context_logits = self.module(batch), None
+            loss, metrics = self.loss(logits, batch)
+            if context_logits is not None:
+                context_loss = context_cross_entropy(context_logits, batch)
+                metrics["losses/context_ce"] = float(context_loss.detach())
+                loss = loss + self.config.context_lm_coef * context_loss
             with torch.no_grad():
                 target, valid = batch.target_probs.to(logits.device), batch.valid_mask.to(logits.device)
                 metrics["losses/forward_kl"] = float(forward_kl(logits, target, valid))

@@ -33,11 +33,11 @@ class AlgoConfig:
         "(maximise sum_i prod_j<=i alpha_j)",
         "forward_kl",
     )
-    lr: float = _help("AdamW learning rate", 1e-3)
+    lr: float = _help("AdamW learning rate", 3e-3)
     weight_decay: float = _help("AdamW weight decay", 0.0)
     max_grad_norm: float = _help("clip the gradient norm to this (0 = no clipping)", 1.0)
     batch_size: int = _help("traces per update", 32)
-    max_context: int = _help("context tokens per trace the draft is trained on (the last ones)", 256)
+    max_context: int = _help("context tokens per trace the draft is trained on (the last ones)", 64)
     beta: float = _help("jsd: 0 = forward KL, 1 = reverse KL, 0.5 = Jensen-Shannon", 0.5)
     divergence: str = _help("accept_discard / osd: the divergence to the target", "forward_kl")
     lambda_discard: float = _help(
@@ -57,6 +57,11 @@ class AlgoConfig:
         "pg: weight of a forward-KL anchor to the target (0 = pure REINFORCE). Pure PG from an "
         "untrained draft barely learns: its reward (an accepted sample) comes ~1/V of the time",
         0.3,
+    )
+    context_lm_coef: float = _help(
+        "weight of an auxiliary next-token cross-entropy on the traces' context windows (prompt "
+        "and the target's own output), free from the same forward pass (0 = proposal positions only)",
+        1.0,
     )
     explore_temperature: float = _help(
         "pg: when decoding is greedy the draft samples its proposals at this temperature "
@@ -89,6 +94,8 @@ class AlgoConfig:
             raise ValueError(f"algo.clip_eps must be in (0, 1), got {self.clip_eps}")
         if not self.rho_max > 0:
             raise ValueError(f"algo.rho_max must be > 0, got {self.rho_max}")
+        if self.context_lm_coef < 0:
+            raise ValueError(f"algo.context_lm_coef must be >= 0, got {self.context_lm_coef}")
         if self.pg_kl_coef < 0:
             raise ValueError(f"algo.pg_kl_coef must be >= 0, got {self.pg_kl_coef}")
         if not self.explore_temperature > 0:

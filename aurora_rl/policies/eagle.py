@@ -180,7 +180,7 @@ class EagleModel(nn.Module):
         bias = None if lm_head.bias is None else lm_head.bias.detach()
         return F.linear(self.head.norm(outputs).to(weight.dtype), weight, bias).float()
 
-    def forward(self, batch: TraceBatch) -> torch.Tensor:
+    def forward(self, batch: TraceBatch, with_context: bool = False):
         """``(B, k, V)`` draft logits at every proposal position, with gradients.
 
         The true pairs of the context window run in one pass (left padding masked, the
@@ -189,6 +189,10 @@ class EagleModel(nn.Module):
         output with the previous proposal, as at decode time, and gradients flow back
         through every step. With the full context in the window the logits equal the
         decode-time ones.
+
+        ``with_context=True`` also returns the ``(B, W - 1, V)`` logits of the true-feature
+        pass at window positions ``0 .. W - 2`` (each predicting the next context token):
+        the standard EAGLE training signal, free from the same forward pass.
         """
         config = self.head.config
         if batch.context_features is None:
@@ -208,7 +212,8 @@ class EagleModel(nn.Module):
         previous = F.pad(projected[:, :-1], (0, 0, 1, 0)) * F.pad(mask[:, :-1], (1, 0))[..., None]
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
         cache = KVCache()
-        out = self.head(self.embed(batch.context_ids), previous, positions, cache, mask)[:, -1]
+        context_out = self.head(self.embed(batch.context_ids), previous, positions, cache, mask)
+        out = context_out[:, -1]
         outputs = [out]
         key_mask = mask
         for i in range(1, batch.k):
@@ -217,7 +222,10 @@ class EagleModel(nn.Module):
             step_pos = positions[:, -1:] + i
             out = self.head(self.embed(step_ids), out[:, None], step_pos, cache, key_mask)[:, 0]
             outputs.append(out)
-        return self.logits(torch.stack(outputs, dim=1))
+        proposal_logits = self.logits(torch.stack(outputs, dim=1))
+        if with_context:
+            return proposal_logits, self.logits(context_out[:, :-1])
+        return proposal_logits
 
 
 class EagleDrafter:

@@ -77,11 +77,13 @@ class TeacherForcedLM(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: TraceBatch) -> torch.Tensor:
+    def forward(self, batch: TraceBatch, with_context: bool = False):
         """``(B, k, V)`` logits at every proposal position, with gradients.
 
         ``[context window] + proposed[:-1]`` in one pass; the logits after position
-        ``W - 1 + i`` predict proposal ``i``.
+        ``W - 1 + i`` predict proposal ``i``. ``with_context=True`` also returns the
+        ``(B, W - 1, V)`` logits at window positions ``0 .. W - 2`` (each predicting the next
+        context token), free from the same pass.
         """
         width = batch.context_ids.shape[1]
         ids = torch.cat([batch.context_ids, batch.proposed[:, :-1]], dim=1)
@@ -92,7 +94,10 @@ class TeacherForcedLM(torch.nn.Module):
         )
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
         logits = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions).logits
-        return logits[:, width - 1 : width - 1 + batch.k].float()
+        proposal_logits = logits[:, width - 1 : width - 1 + batch.k].float()
+        if with_context:
+            return proposal_logits, logits[:, : width - 1].float()
+        return proposal_logits
 
 
 class SmallLMDrafter:

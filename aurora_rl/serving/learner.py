@@ -11,6 +11,10 @@ Two schedules, one code path:
 
 Invariant 3: a rejected update (NaN/inf loss or gradient) is skipped and counted; a
 crashed learner stops learning, records why, and never takes decoding down with it.
+
+Decoding hands every trace to ``observe`` (cheap: the buffer and the swap monitor keep a
+reference). Each round first lets the monitor judge the latest swap on fresh live traces
+and, after a rollback, restarts training from the restored version.
 """
 
 from __future__ import annotations
@@ -21,12 +25,16 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from aurora_rl.algos import AlgoConfig, make_algorithm
 from aurora_rl.core.buffer import TraceBuffer
+from aurora_rl.core.draft import DraftPolicy
+from aurora_rl.core.trace import Trace
 from aurora_rl.serving.gate import GateDecision, gate
+from aurora_rl.serving.monitor import SwapMonitor
 from aurora_rl.serving.publish import LivePolicy
 
 logger = logging.getLogger(__name__)
@@ -39,8 +47,8 @@ def _help(text: str, default):
 @dataclass
 class LearnerConfig:
     mode: str = _help("'sync' (deterministic lockstep with decoding) or 'async' (background thread)", "sync")
-    train_every: int = _help("sync: verify steps between two learner rounds", 16)
-    updates_per_round: int = _help("sync: optimizer steps per round", 2)
+    train_every: int = _help("sync: verify steps between two learner rounds", 32)
+    updates_per_round: int = _help("sync: optimizer steps per round", 4)
     publish_every: int = _help("optimizer steps between published draft versions (the weight-sync interval)", 16)
     min_traces: int = _help("no training until the buffer holds this many traces", 64)
     buffer_capacity: int = _help("most traces the buffer holds (oldest evicted)", 4096)
@@ -50,8 +58,8 @@ class LearnerConfig:
     gate_margin: float = _help("publish if candidate score >= live score - margin", 0.0)
     gate_traces: int = _help("most recent held-out traces replayed by the gate", 128)
     heldout_fraction: float = _help("share of requests kept out of training for the gate", 0.1)
-    rollback_window: int = _help("verify steps after a swap over which live acceptance is watched (0 = never roll back)", 64)
-    rollback_drop: float = _help("roll back if live accepted/step falls by more than this fraction after a swap", 0.25)
+    rollback_window: int = _help("live traces of a new version on which it is judged against the one it replaced (0 = never roll back)", 64)
+    rollback_drop: float = _help("roll back if, on those same traces, the new version scores this fraction below the old one", 0.1)
     async_idle_seconds: float = _help("async: sleep when there is nothing to train on", 0.05)
     async_busy_fraction: float = _help("async: most of the wall-clock time the learner may spend training; after each step it rests so that it stays under this share (1 = never rests), leaving CPU to decoding on shared cores", 1.0)
 
@@ -96,8 +104,11 @@ class Learner:
     """
 
     def __init__(self, live: LivePolicy, buffer: TraceBuffer, algo: AlgoConfig, config: LearnerConfig,
-                 pad_id: int = 0, seed: int = 0, accelerator=None) -> None:
+                 pad_id: int = 0, seed: int = 0, accelerator=None,
+                 on_rollback: Callable[[int, DraftPolicy], None] | None = None) -> None:
         self.live, self.buffer, self.algo_config, self.config = live, buffer, algo, config
+        self.monitor = SwapMonitor(live, config.rollback_window, config.rollback_drop)
+        self.on_rollback = on_rollback
         self.pad_id = pad_id
         self.accelerator = accelerator
         self.generator = torch.Generator().manual_seed(seed)
@@ -128,15 +139,24 @@ class Learner:
     def ready(self) -> bool:
         return len(self.buffer) >= self.config.min_traces
 
+    def observe(self, trace: Trace) -> None:
+        """Decode side: one trace in (buffer + swap monitor); never blocks on training."""
+        self.buffer.add(trace)
+        self.monitor.observe(trace)
+
     def train_round(self, updates: int | None = None) -> list[dict[str, float]]:
-        """Up to ``updates`` optimizer steps (default ``updates_per_round``), publishing every
-        ``publish_every`` steps. Returns the metrics of each step. Never raises: an error
-        marks the learner crashed and stops further rounds."""
-        if self.error is not None or not self.ready():
+        """Judge the latest swap if due, then up to ``updates`` optimizer steps (default
+        ``updates_per_round``), publishing every ``publish_every`` steps. Returns the
+        metrics of each step. Never raises: an error marks the learner crashed and stops
+        further rounds."""
+        if self.error is not None:
             return []
         produced = []
         with self._lock:
             try:
+                self._judge_swap()
+                if not self.ready():
+                    return []
                 for _ in range(updates or self.config.updates_per_round):
                     traces, weights = self.buffer.sample(self.algo_config.batch_size, self.generator)
                     if not traces:
@@ -177,11 +197,19 @@ class Learner:
             "learner/gate_live": decision.live_score,
         }
 
-    def reset_to_live(self) -> None:
-        """Restart training from the live version (after a rollback): the copy that produced
-        the bad version is discarded with its optimizer state."""
-        with self._lock:
-            self.algorithm = make_algorithm(self.live.current.clone(), self.algo_config, self.accelerator)
+    def _judge_swap(self) -> None:
+        judgement = self.monitor.judge(lambda traces: self.algorithm.batch(traces, pad_id=self.pad_id))
+        if judgement is None or not judgement.rolled_back:
+            return
+        logger.warning(
+            "version %d scored %.3f vs %.3f for version %d on its first live traces: rolled back",
+            judgement.version, judgement.score, judgement.previous_score, judgement.previous_version,
+        )
+        # The copy that produced the bad version is discarded with its optimizer state.
+        self.algorithm = make_algorithm(self.live.current.clone(), self.algo_config, self.accelerator)
+        self.buffer.set_version(self.live.version)
+        if self.on_rollback is not None:
+            self.on_rollback(judgement.version, self.live.current)
 
     # --- async schedule -------------------------------------------------------------
 

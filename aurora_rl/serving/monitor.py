@@ -1,60 +1,86 @@
-"""Watch live acceptance across swaps and roll back a version that made it worse.
+"""Judge each swap on fresh live traffic, and roll back a version that made drafting worse.
 
-The gate judges a candidate on replayed traces before it goes live; this monitor judges
-it on live traffic afterwards. Once the new version has decoded ``window`` steps, its
-acceptance rate (accepted / proposed) is compared with the previous version's over its
-last ``window`` steps; a drop of more than ``drop`` (relative) reverts to the previous
-version and restarts the learner from it.
+The gate judges a candidate on replayed held-out traces before it goes live; this monitor
+judges it again afterwards, on the first ``window`` live traces it produced. Both the new
+version and the one it replaced are scored on *exactly those* traces (the gate's
+teacher-forced acceptance score on judged positions), so a change of traffic -- which
+moves live acceptance whatever the draft -- cannot be mistaken for a bad version. If the
+new version scores more than ``drop`` (relative) below the old one, it is rolled back.
+
+``observe`` runs on the decode thread and only appends a trace; ``judge`` does the
+scoring and runs on the learner's side.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Callable
 
+from aurora_rl.core.batch import TraceBatch
+from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.trace import Trace
+from aurora_rl.serving.gate import acceptance_score
 from aurora_rl.serving.publish import LivePolicy
 
 
+@dataclass(frozen=True)
+class Judgement:
+    version: int
+    previous_version: int
+    score: float
+    previous_score: float
+    rolled_back: bool
+
+
 class SwapMonitor:
-    def __init__(self, live: LivePolicy, window: int, drop: float, on_rollback=None) -> None:
+    def __init__(self, live: LivePolicy, window: int, drop: float) -> None:
         self.live = live
         self.window = window
         self.drop = drop
-        self.on_rollback = on_rollback
-        self._rates: dict[int, deque[float]] = defaultdict(lambda: deque(maxlen=max(window, 1)))
-        self._judged: set[int] = set()
-        self._previous: dict[int, int] = {}  # version -> the version it replaced
-        self._seen_version = live.version
         self._lock = threading.Lock()
+        self._watching = live.version  # the live version the collected traces belong to
+        self._against: DraftPolicy | None = None  # the version it replaced, while unjudged
+        self._traces: list[Trace] = []
         self.rolled_back: list[int] = []
+        self.judgements: list[Judgement] = []
 
-    def observe(self, trace: Trace) -> int | None:
-        """Record one step; returns the version rolled back from, if this step triggered it."""
+    def observe(self, trace: Trace) -> None:
+        """Decode thread: keep the new version's first ``window`` traces after a swap."""
         if self.window == 0 or trace.num_proposed == 0:
-            return None
+            return
         with self._lock:
-            current = self.live.version
-            if current != self._seen_version:
-                self._previous.setdefault(current, self._seen_version)
-                self._seen_version = current
-            self._rates[trace.draft_version].append(trace.num_accepted / trace.num_proposed)
-            new_rates = self._rates[current]
-            previous = self._previous.get(current)
-            if current in self._judged or previous is None or len(new_rates) < self.window:
+            current = self.live.current
+            if current.version != self._watching:
+                previous = self.live.previous
+                self._watching = current.version
+                self._traces = []
+                # Only a publish (a newer version) is judged; a rollback is not re-judged.
+                newer = previous is not None and previous.version < current.version
+                self._against = previous if newer else None
+            if self._against is not None and trace.draft_version == self._watching and len(self._traces) < self.window:
+                self._traces.append(trace)
+
+    def judge(self, make_batch: Callable[[list[Trace]], TraceBatch]) -> Judgement | None:
+        """Score the new and the previous version once ``window`` traces are in; roll back
+        if the new one is worse by more than ``drop``. Returns the judgement, if one was made."""
+        with self._lock:
+            if self._against is None or len(self._traces) < self.window:
                 return None
-            self._judged.add(current)
-            old_rates = self._rates[previous]
-            if not old_rates:
-                return None
-            new_rate, old_rate = sum(new_rates) / len(new_rates), sum(old_rates) / len(old_rates)
-            if new_rate >= old_rate * (1 - self.drop):
-                return None
-            restored = self.live.rollback()
-            if restored is None:
-                return None
-            self._seen_version = restored.version
-            self.rolled_back.append(current)
-        if self.on_rollback is not None:
-            self.on_rollback(current, restored)
-        return current
+            new, old, traces = self.live.current, self._against, list(self._traces)
+            self._against = None
+        batch = make_batch(traces)
+        score, _ = acceptance_score(new, batch)
+        previous_score, _ = acceptance_score(old, batch)
+        worse = score < previous_score * (1 - self.drop)
+        rolled_back = False
+        if worse:
+            with self._lock:
+                if self.live.version == new.version:  # still live: nothing newer replaced it
+                    restored = self.live.rollback()
+                    self._watching = restored.version
+                    self.rolled_back.append(new.version)
+                    rolled_back = True
+        judgement = Judgement(new.version, old.version, score, previous_score, rolled_back)
+        self.judgements.append(judgement)
+        return judgement

@@ -1,12 +1,12 @@
 """The learning side of a server: trace buffer, background learner, rollback monitor, state.
 
-Decoding hands every trace to :meth:`OnlineLearning.observe` (cheap: a buffer append and a
-running acceptance average). The :class:`~aurora_rl.serving.learner.Learner` trains its own
-copy of the draft on a background thread, gates each candidate on held-out traces and
-publishes to the ``LivePolicy`` the engine decodes with; the
-:class:`~aurora_rl.serving.monitor.SwapMonitor` rolls a version back if live acceptance
-drops after it went live. Anything slow that a rollback triggers (restarting the learner's
-copy, rewriting ``LATEST.json``) runs on a control thread, never on the decode thread.
+Decoding hands every trace to :meth:`OnlineLearning.observe` (cheap: two list appends).
+The :class:`~aurora_rl.serving.learner.Learner` trains its own copy of the draft on a
+background thread, gates each candidate on held-out traces and publishes to the
+``LivePolicy`` the engine decodes with; its
+:class:`~aurora_rl.serving.monitor.SwapMonitor` judges each new version against the one it
+replaced on the same fresh live traces and rolls it back if it is worse. Rewriting
+``LATEST.json`` after a rollback runs on a control thread, never on the decode thread.
 """
 
 from __future__ import annotations
@@ -55,8 +55,7 @@ class OnlineLearning:
         self.live = live
         self.snapshots = snapshots
         self.buffer = config.make_buffer()
-        self.learner = Learner(live, self.buffer, algo, config, pad_id, seed)
-        self.monitor = SwapMonitor(live, config.rollback_window, config.rollback_drop, on_rollback=self._on_rollback)
+        self.learner = Learner(live, self.buffer, algo, config, pad_id, seed, on_rollback=self._on_rollback)
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aurora-control")
 
     @property
@@ -64,10 +63,13 @@ class OnlineLearning:
         """True if greedy requests should let the draft sample its proposals (e.g. PG)."""
         return self.learner.needs_exploration
 
+    @property
+    def monitor(self) -> SwapMonitor:
+        return self.learner.monitor
+
     def observe(self, trace: Trace) -> None:
-        """Engine trace listener (decode thread): feed the learner and the rollback monitor."""
-        self.buffer.add(trace)
-        self.monitor.observe(trace)
+        """Engine trace listener (decode thread): feed the learner and its swap monitor."""
+        self.learner.observe(trace)
 
     def start(self) -> None:
         self.learner.start()
@@ -107,11 +109,6 @@ class OnlineLearning:
         return final
 
     def _on_rollback(self, bad_version: int, restored: DraftPolicy) -> None:
-        logger.warning("live acceptance dropped after version %d went live; rolled back to version %d",
-                       bad_version, restored.version)  # fmt: skip
-        self._control.submit(self._after_rollback, restored)
-
-    def _after_rollback(self, restored: DraftPolicy) -> None:
-        self.learner.reset_to_live()
-        if self.snapshots is not None:  # followers of LATEST.json go back too
-            self.snapshots.save(restored)
+        """Learner thread, after it rolled back and restarted from ``restored``."""
+        if self.snapshots is not None:  # followers of LATEST.json go back too, off the learner thread
+            self._control.submit(self.snapshots.save, restored)

@@ -51,6 +51,12 @@ class LivePolicy:
         return self._current.version
 
     @property
+    def previous(self) -> DraftPolicy | None:
+        """The version live before the current one (what a rollback would restore)."""
+        history = self._history
+        return history[-2] if len(history) >= 2 else None
+
+    @property
     def next_version(self) -> int:
         """The number the next published version must carry (versions are never reused)."""
         return self._newest + 1

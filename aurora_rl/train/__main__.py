@@ -1,12 +1,13 @@
 """python -m aurora_rl.train [--config FILE.yaml] [key=value ...]
 
 Serves one traffic stream with several draft "arms" side by side and compares them:
-static (pretrained, never updated), offline (pretrained + finetuned on offline traces),
-online_scratch and online_pretrained (a learner trains a copy of the draft from the trace
-stream and publishes new versions that decoding picks up between steps).
+target_only (no draft: the speed reference), static (pretrained, never updated), offline
+(pretrained + finetuned on offline traces), online_scratch and online_pretrained (a learner
+trains a copy of the draft from the trace stream and publishes new versions that decoding
+picks up between steps).
 
 With no arguments: the default miniature world, an `ordered` stream with domain shifts,
-all four arms. Writes runs/<name>/: config.yaml, summary.json, accepted_length.png and
+all arms. Writes runs/<name>/: config.yaml, summary.json, accepted_length.png and
 TensorBoard events (tensorboard --logdir runs/<name>/tensorboard).
 """
 
@@ -29,7 +30,6 @@ from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.target import Target, check_tokenizer_fits, load_causal_lm
 from aurora_rl.plots import plot_accepted_length
 from aurora_rl.serving.learner import Learner
-from aurora_rl.serving.monitor import SwapMonitor
 from aurora_rl.serving.publish import LivePolicy
 from aurora_rl.train.arms import Setting, initial_drafter
 from aurora_rl.train.config import ARMS, ConfigError, describe, load_config, to_yaml
@@ -43,14 +43,13 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
     cfg = s.cfg
     mode, _ = ARMS[arm]
     began = time.perf_counter()
-    live = LivePolicy(initial_drafter(s, arm))
+    live = LivePolicy(initial_drafter(s, arm)) if mode != "none" else None
     setup_seconds = time.perf_counter() - began
     buffer = cfg.learner.make_buffer() if mode == "online" else None
     learner = Learner(live, buffer, cfg.algo, cfg.learner, s.pad_id, cfg.seed, accelerator) if mode == "online" else None
-    monitor = SwapMonitor(live, cfg.learner.rollback_window, cfg.learner.rollback_drop,
-                          on_rollback=lambda *_: learner.reset_to_live()) if learner else None
     explore = cfg.algo.explore_temperature if learner and learner.needs_exploration else None
     decoder = SpeculativeDecoder(s.target, live, cfg.decode.to_decode_config(explore), s.eos)
+    version = (lambda: live.version) if live else (lambda: 0)
     recorder = ArmRecorder(run_dir, arm, stream.phases, cfg.decode.k)
     clock = {"steps": 0, "learner_seconds": 0.0}
 
@@ -59,8 +58,7 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
         if learner is None:
             return
         clock["steps"] += 1
-        buffer.add(trace)
-        monitor.observe(trace)
+        learner.observe(trace)
         if cfg.learner.mode == "sync" and clock["steps"] % cfg.learner.train_every == 0:
             t0 = time.perf_counter()
             first = learner.updates
@@ -78,8 +76,8 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
                                keep_traces=False, on_trace=on_trace)
         # In sync mode the learner ran inside this decode; time it as if on its own device.
         decode_seconds = gen.seconds - (clock["learner_seconds"] - learner_before)
-        recorder.request(request, gen, decode_seconds, live.version, buffer.stats() if buffer else None)
-        bar.set_postfix(tau=f"{gen.accepted_length:.2f}", version=live.version, refresh=False)
+        recorder.request(request, gen, decode_seconds, version(), buffer.stats() if buffer else None)
+        bar.set_postfix(tau=f"{gen.accepted_length:.2f}", version=version(), refresh=False)
     if learner and cfg.learner.mode == "async":
         learner.stop()
         recorder.learner(list(learner.metrics), 0)
@@ -88,11 +86,11 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
         "mode": mode,
         "setup_seconds": setup_seconds,
         "versions_published": learner.published if learner else 0,
-        "final_version": live.version,
+        "final_version": version(),
         "updates": learner.updates if learner else 0,
-        "rejected_updates": learner.algorithm.rejected if learner else 0,
+        "rejected_updates": learner.rejected_updates if learner else 0,
         "gate_rejections": learner.gate_rejections if learner else 0,
-        "rollbacks": live.rollbacks,
+        "rollbacks": live.rollbacks if live else 0,
         "learner_seconds": clock["learner_seconds"],
         "learner_state": learner.state if learner else "none",
         "learner_error": learner.error if learner else None,
@@ -107,12 +105,16 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
 def print_table(results: dict[str, dict]) -> None:
     first = next(iter(results.values()))
     labels = [p["label"] for p in first["phases"]]
-    header = f"{'arm':18s} {'tau':>6s} " + " ".join(f"{label[:9]:>9s}" for label in labels) + f" {'tok/s':>7s} {'versions':>8s}"
+    reference = results.get("target_only", {}).get("tokens_per_s")
+    header = (f"{'arm':18s} {'tau':>6s} " + " ".join(f"{label[:9]:>9s}" for label in labels)
+              + f" {'tok/s':>7s} {'vs target':>9s} {'versions':>8s}")
     print("\n" + header + "\n" + "-" * len(header))
     for arm, r in results.items():
         phases = " ".join(f"{p['accepted_length']:9.2f}" for p in r["phases"])
-        print(f"{arm:18s} {r['accepted_length']:6.2f} {phases} {r['tokens_per_s']:7.1f} {r['versions_published']:8d}")
-    print("tau = accepted length: tokens emitted per target verify step (accepted drafts + 1)")
+        speedup = f"{r['tokens_per_s'] / reference:8.2f}x" if reference else f"{'-':>9s}"
+        print(f"{arm:18s} {r['accepted_length']:6.2f} {phases} {r['tokens_per_s']:7.1f} {speedup} {r['versions_published']:8d}")
+    print("tau = accepted length: tokens emitted per target verify step (accepted drafts + 1); "
+          "vs target = tokens/s relative to target_only")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     arms_tag = "+".join(cfg.arms) if len(cfg.arms) < len(ARMS) else "all-arms"
     run_name = cfg.run_name or f"{arms_tag}-{cfg.traffic.schedule}-{cfg.algo.name}-seed{cfg.seed}"
     run_dir = Path(cfg.output_dir) / run_name
+    suffix = 1
+    while run_dir.exists() and any(run_dir.iterdir()):  # never mix with, or overwrite, an earlier run
+        suffix += 1
+        run_dir = Path(cfg.output_dir) / f"{run_name}-{suffix}"
+    run_name = run_dir.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
 

@@ -5,19 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from aurora_rl.algos import make_algorithm
-from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.target import Target
-from aurora_rl.core.trace import Trace
 from aurora_rl.policies.checkpoint import POLICY_FILE, read_manifest
 from aurora_rl.policies.eagle import EagleDrafter
 from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.train.config import ARMS, TrainConfig
+from aurora_rl.train.rounds import train_rounds
 from aurora_rl.world import World
 from aurora_rl.world.traffic import Request, make_traffic
 
@@ -82,34 +78,21 @@ def pretrained(s: Setting):
     return offline_finetune(s, scratch_drafter(s), requests, cfg.drafter.pretrain_steps, "pretrain eagle")
 
 
-def collect_traces(s: Setting, decoder: SpeculativeDecoder, requests: list[Request], desc: str) -> list[Trace]:
-    """Decode ``requests`` with a fixed draft and keep every trace that has proposals."""
-    traces = []
-    for request in tqdm(requests, desc=desc, disable=not s.cfg.progress, unit="req"):
-        generator = torch.Generator().manual_seed(s.cfg.seed * 1_000_003 + request.index)
-        ids = s.tokenizer(request.prompt)["input_ids"]
-        gen = decoder.generate(ids, s.cfg.traffic.max_new_tokens, generator, request.request_id, request.domain)
-        traces += [t for t in gen.traces if t.num_proposed]
-    return traces
-
-
 def offline_finetune(s: Setting, drafter, requests: list[Request], updates: int, desc: str):
     """Collect traces on ``requests`` with ``drafter`` fixed, then train it ``updates`` steps."""
-    cfg = s.cfg
-    algorithm = make_algorithm(drafter, cfg.algo)
-    explore = cfg.algo.explore_temperature if algorithm.needs_exploration else None
-    decoder = SpeculativeDecoder(s.target, drafter, cfg.decode.to_decode_config(explore), s.eos)
-    traces = collect_traces(s, decoder, requests, f"{desc}: collect")
-    generator = torch.Generator().manual_seed(cfg.seed)
-    for _ in tqdm(range(updates), desc=f"{desc}: train", disable=not cfg.progress, unit="step"):
-        chosen = torch.randperm(len(traces), generator=generator)[: cfg.algo.batch_size].tolist()
-        algorithm.update(algorithm.batch([traces[i] for i in chosen], pad_id=s.pad_id))
+    prompts = [s.tokenizer(r.prompt)["input_ids"] for r in requests]
+    algorithm = train_rounds(
+        s.target, drafter, s.cfg.algo, [prompts], s.cfg.decode.to_decode_config(), s.cfg.traffic.max_new_tokens,
+        s.eos, s.pad_id, updates, seed=s.cfg.seed, progress=s.cfg.progress, desc=desc,
+    )
     return algorithm.policy
 
 
 def initial_drafter(s: Setting, arm: str):
-    """The drafter ``arm`` serves with at request 0 (a private copy)."""
+    """The drafter ``arm`` serves with at request 0 (a private copy); None for target_only."""
     mode, init = ARMS[arm]
+    if mode == "none":
+        return None
     if init == "pretrained":
         if s.pretrained_cache is None:  # built once per run, shared by every pretrained arm
             s.pretrained_cache = pretrained(s)
@@ -117,7 +100,10 @@ def initial_drafter(s: Setting, arm: str):
     else:
         drafter = scratch_drafter(s)
     if mode == "offline":
+        domains = s.cfg.offline.domains or s.cfg.drafter.pretrain_domains
         data = s.world.dataset("train")
+        if domains:
+            data = data.filter(lambda row: row["domain"] in domains)
         requests = make_traffic(data, s.cfg.offline.schedule, s.cfg.offline.num_requests, seed=s.cfg.seed + 1).requests
         drafter = offline_finetune(s, drafter, requests, s.cfg.offline.updates, "offline arm")
     return drafter

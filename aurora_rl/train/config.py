@@ -23,6 +23,7 @@ from aurora_rl.world.traffic import SCHEDULES
 
 ARMS = {
     # name: (how the draft is used, how it starts)
+    "target_only": ("none", None),  # the reference: no speculation at all
     "static": ("static", "pretrained"),
     "offline": ("offline", "pretrained"),
     "online_scratch": ("online", "scratch"),
@@ -52,7 +53,7 @@ class WorldSection:
 class TrafficSection:
     source: str | None = _help("prompts: null = the world's held-out split, or a .jsonl / .parquet file / HF dataset id with a 'prompt' column", None)
     schedule: str = _help("how the domain mixture moves: mixed | ordered (abrupt shifts) | drift (gradual)", "ordered")
-    num_requests: int = _help("requests served per arm", 300)
+    num_requests: int = _help("requests served per arm", 200)
     domains: list[str] | None = _help("domains in phase order (null = the dataset's)", None)
     num_phases: int | None = _help("ordered/drift: domain visits (null = each domain once)", None)
     max_new_tokens: int = _help("token budget per request", 64)
@@ -92,14 +93,17 @@ class DecodeSection:
 class DrafterSection:
     kind: str = _help("small_lm (independent small causal LM) or eagle (head on the target's hidden states)", "small_lm")
     path: str | None = _help("start every 'pretrained' arm from this saved drafter directory (or, for small_lm, any HF causal LM dir) instead of pretraining one", None)
-    pretrain_domains: list[str] | None = _help("domains the static draft is pretrained on (null = all); traffic from other domains is a shift for it", None)
+    pretrain_domains: list[str] | None = _help(
+        "domains the static draft is pretrained on (null = all): what was at hand offline; "
+        "traffic from the other domains is a shift it never saw", factory=lambda: ["code", "prose"])
     pretrain_steps: int = _help("optimizer steps of offline pretraining", 300)
     eagle_layers: list[int] = _help("eagle: target hidden states it reads (HF hidden_states indices; -1 = last)", factory=lambda: [-1])
 
 
 @dataclass
 class OfflineSection:
-    num_requests: int = _help("offline arm: requests of the world's *train* split decoded to collect traces", 200)
+    num_requests: int = _help("offline arm: requests of the world's *train* split decoded to collect traces", 60)
+    domains: list[str] | None = _help("offline arm: domains of that collection (null = drafter.pretrain_domains: the traffic seen before deployment)", None)
     schedule: str = _help("offline arm: traffic schedule of that collection", "mixed")
     updates: int = _help("offline arm: optimizer steps on the collected traces", 400)
 
@@ -110,8 +114,9 @@ class TrainConfig:
     output_dir: str = _help("where runs/<run_name>/ is written", "runs")
     seed: int = _help("seeds everything; the same seed gives the same run on CPU", 0)
     arms: list[str] = _help(
-        "what runs side by side on the same traffic: static (pretrained, never updated), offline "
-        "(pretrained + finetuned on offline traces, then static), online_scratch, online_pretrained",
+        "what runs side by side on the same traffic: target_only (no draft: the speed reference), "
+        "static (pretrained, never updated), offline (pretrained + finetuned on offline traces, then "
+        "static), online_scratch, online_pretrained",
         factory=lambda: list(ARMS),
     )
     progress: bool = _help("show progress bars", True)
@@ -165,7 +170,7 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(getattr(cfg, section), name)
         if value and _looks_like_path(value) and not Path(value).expanduser().exists():
             raise ConfigError(f"{key}={value!r} does not exist: give an existing local path (or a hub id, online)")
-    if cfg.world.target and not cfg.drafter.path and any(ARMS[a][1] == "pretrained" for a in cfg.arms) and cfg.drafter.kind == "small_lm":
+    if cfg.world.target and not cfg.drafter.path and any(ARMS[a][1] == "pretrained" for a in cfg.arms) and cfg.drafter.kind == "small_lm":  # noqa: E501
         raise ConfigError(
             "world.target is an external model, so the world's drafter pretraining does not fit its "
             "vocabulary: set drafter.path to a small causal LM sharing its tokenizer, or use arms=[online_scratch]"

@@ -1,0 +1,73 @@
+"""On-policy rounds: decode prompts with the current draft, then update it on those traces.
+
+The offline arm, the algorithm-comparison experiment and the tests all train this way;
+accepted length is always measured by really decoding, never through a proxy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from aurora_rl.algos import AlgoConfig, Algorithm, make_algorithm
+from aurora_rl.core.generate import SpeculativeDecoder
+from aurora_rl.core.spec import DecodeConfig
+from aurora_rl.core.target import Target
+
+Prompt = Sequence[int]
+
+
+def accepted_length(target: Target, drafter, prompts: Sequence[Prompt], config: DecodeConfig,
+                    max_new_tokens: int, eos: Sequence[int]) -> float:
+    """Tokens emitted per verify step over ``prompts`` (aggregated, not averaged per prompt)."""
+    decoder = SpeculativeDecoder(target, drafter, config, eos)
+    tokens = steps = 0
+    for ids in prompts:
+        gen = decoder.generate(ids, max_new_tokens, keep_traces=False)
+        tokens, steps = tokens + len(gen.tokens), steps + gen.num_steps
+    return tokens / max(steps, 1)
+
+
+def train_rounds(
+    target: Target,
+    drafter,
+    algo: AlgoConfig,
+    prompt_rounds: Sequence[Sequence[Prompt]],
+    decode: DecodeConfig,
+    max_new_tokens: int,
+    eos: Sequence[int],
+    pad_id: int,
+    updates_per_round: int,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "train",
+) -> Algorithm:
+    """For each round: decode its prompts with the (current) draft, then
+    ``updates_per_round`` updates on batches drawn from that round's traces.
+
+    Policy gradient gets sampled proposals (``algo.explore_temperature``). Returns the
+    algorithm, whose ``policy`` is the trained ``drafter`` (trained in place).
+    """
+    algorithm = make_algorithm(drafter, algo)
+    if algorithm.needs_exploration:
+        decode = dataclasses.replace(decode, explore_temperature=algo.explore_temperature)
+    collector = SpeculativeDecoder(target, drafter, decode, eos)
+    generator = torch.Generator().manual_seed(seed)
+    total = sum(len(r) for r in prompt_rounds) + updates_per_round * len(prompt_rounds)
+    with tqdm(total=total, desc=desc, disable=not progress) as bar:
+        for prompts in prompt_rounds:
+            traces = []
+            for ids in prompts:
+                gen = collector.generate(ids, max_new_tokens, generator)
+                traces += [t for t in gen.traces if t.num_proposed]
+                bar.update()
+            if not traces:
+                continue
+            for _ in range(updates_per_round):
+                chosen = torch.randperm(len(traces), generator=generator)[: algo.batch_size].tolist()
+                algorithm.update(algorithm.batch([traces[i] for i in chosen], pad_id=pad_id))
+                bar.update()
+    return algorithm

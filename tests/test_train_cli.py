@@ -1,0 +1,89 @@
+"""``python -m aurora_rl.train``: a subprocess smoke run, and bad configs failing before work."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from aurora_rl.train.__main__ import main
+from aurora_rl.train.config import ARMS, ConfigError, load_config
+
+TINY_RUN = [
+    "world.name=tiny",
+    "traffic.num_requests=10",
+    "traffic.max_new_tokens=24",
+    "offline.num_requests=4",
+    "offline.updates=6",
+    "drafter.pretrain_steps=20",
+    "learner.min_traces=8",
+    "learner.train_every=4",
+    "learner.publish_every=2",
+    "progress=false",
+]
+
+
+def test_entry_point_runs_every_arm_and_writes_the_run_directory(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "aurora_rl.train", *TINY_RUN, f"output_dir={tmp_path}", "run_name=smoke"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "smoke"
+    summary = json.loads((run / "summary.json").read_text())
+    assert list(summary["arms"]) == list(ARMS)
+    for arm, r in summary["arms"].items():
+        assert r["requests"] == 10 and len(r["per_request_accepted_length"]) == 10
+        assert r["accepted_length"] >= 1.0 and r["tokens_per_s"] > 0
+        assert [p["label"] for p in r["phases"]] == ["code", "prose", "math", "sql", "chat"]
+        assert list((run / "tensorboard" / arm).glob("events.out.tfevents.*"))
+    online = summary["arms"]["online_scratch"]
+    assert online["versions_published"] >= 1 and online["updates"] > 0 and online["learner_state"] == "idle"
+    assert summary["arms"]["static"]["versions_published"] == 0
+    resolved = (run / "config.yaml").read_text()
+    assert "num_requests: 10" in resolved and "name: tiny" in resolved
+    assert (run / "accepted_length.png").stat().st_size > 10_000
+    assert "tau = accepted length" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("algo.nme=pg", "bad config key 'algo.nme': Key 'nme' not in 'AlgoConfig'. Did you mean: 'name'?"),
+        ("decode.k=0", "decode.k=0 must be >= 1 (proposals per verify step)"),
+        ("traffic.schedule=random", "traffic.schedule='random' is not one of mixed, ordered, drift"),
+        ("learner.gate_margin=abc", "bad config key 'learner.gate_margin': Value 'abc' of type 'str' could not be converted to Float"),
+        ("algo.lambda_discard=-1", "algo.lambda_discard must be >= 0, got -1.0"),
+        ("world.target=/no/such/model", "world.target='/no/such/model' does not exist: give an existing local path"),
+        ("drafter.path=./missing-drafter", "drafter.path='./missing-drafter' does not exist"),
+        ("arms=[static,greedy]", "each arm must be one of target_only, static, offline, online_scratch, online_pretrained"),
+    ],
+)
+def test_bad_config_fails_before_any_work_naming_key_and_fix(override, message, tmp_path, capsys):
+    code = main([override, f"output_dir={tmp_path}"])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no run directory: nothing started
+
+
+def test_yaml_file_then_cli_overrides(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("algo:\n  name: osd\n  lr: 0.01\ntraffic:\n  schedule: drift\n")
+    cfg = load_config(["--config", str(config), "algo.lr=0.02"])
+    assert (cfg.algo.name, cfg.algo.lr, cfg.traffic.schedule) == ("osd", 0.02, "drift")
+    with pytest.raises(ConfigError, match=re.escape("--config 'nope.yaml' does not exist")):
+        load_config(["--config", "nope.yaml"])
+
+
+def test_help_lists_every_key_with_its_meaning(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for key in ("algo.lambda_discard", "learner.publish_every", "traffic.schedule", "drafter.pretrain_domains"):
+        assert key in text
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    load_config(["--config", str(path)])
