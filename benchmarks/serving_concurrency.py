@@ -1,0 +1,97 @@
+"""Serving throughput and latency vs concurrency (1, 4, 16 clients), learning on and off.
+
+Each setting starts ``python -m aurora_rl.serve`` fresh (same world, same draft start),
+replays the same fixed request list through the replay client on loopback, and stops the
+server (see serving_load.py, whose ``run_setting`` this reuses). Prints one table and writes
+``benchmarks/results/serving_concurrency.{json,md,png}``.
+
+    python benchmarks/serving_concurrency.py                         # tiny world, 48 requests per setting
+    python benchmarks/serving_concurrency.py --clients 1,4,16 --requests 96 --world default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from aurora_rl.serve.replay import ReplayConfig  # noqa: E402
+from aurora_rl.world.traffic import load_prompts, make_traffic  # noqa: E402
+from serving_load import run_setting  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def table(rows: list[dict]) -> str:
+    head = "| clients | learning | req/s | tokens/s | p50 latency s | p99 latency s | p50 TTFT s | accepted length (first -> last window) | errors | lost |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        windows = r["windows"]
+        tau = f"{windows[0]['accepted_length']:.2f} -> {windows[-1]['accepted_length']:.2f}" if windows else "-"
+        lines.append(f"| {r['clients']} | {r['learning']} | {r['requests_per_second']:.2f} | {r['tokens_per_second']:.0f} | "
+                     f"{r['latency_seconds']['p50']:.2f} | {r['latency_seconds']['p99']:.2f} | {r['ttft_seconds']['p50']:.2f} | "
+                     f"{tau} | {r['errors']} | {r['lost']} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for learning, style in (("on", "o-"), ("off", "s--")):
+        sub = [r for r in rows if r["learning"] == learning]
+        clients = [r["clients"] for r in sub]
+        left.plot(clients, [r["tokens_per_second"] for r in sub], style, label=f"learning {learning}")
+        right.plot(clients, [r["latency_seconds"]["p50"] for r in sub], style, label=f"p50, learning {learning}")
+        right.plot(clients, [r["latency_seconds"]["p99"] for r in sub], style, alpha=0.45, label=f"p99, learning {learning}")
+    left.set(xscale="log", xlabel="concurrent clients", ylabel="tokens / s", title="throughput")
+    right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="seconds", title="request latency")
+    for ax in (left, right):
+        ax.set_xticks(sorted({r["clients"] for r in rows}), labels=[str(c) for c in sorted({r["clients"] for r in rows})])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", default="tiny")
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--requests", type=int, default=48, help="requests per setting (the same list each time)")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--draft", default="pretrained", help="pretrained | scratch")
+    parser.add_argument("--out", default="runs/serving_concurrency", help="server logs and snapshots")
+    args = parser.parse_args()
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    requests = make_traffic(load_prompts(args.world), "mixed", args.requests, seed=0).requests
+    rows = []
+    for clients in [int(c) for c in args.clients.split(",")]:
+        cfg = ReplayConfig(source=args.world, schedule="mixed", num_requests=args.requests, clients=clients,
+                           max_tokens=args.max_tokens, windows=3)  # fmt: skip
+        for learning in ("off", "on"):
+            serve_args = [f"world.name={args.world}", f"draft={args.draft}", "torch_threads=1", f"learn={learning == 'on'}"]
+            summary = run_setting(f"c{clients}_learning_{learning}", serve_args, cfg, requests, out_dir)
+            summary.pop("server_rss_mib", None)
+            rows.append({"clients": clients, "learning": learning, **summary})
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "serving_concurrency.json").write_text(json.dumps(rows, indent=2) + "\n")
+    text = table(rows)
+    (RESULTS / "serving_concurrency.md").write_text(
+        f"# Serving vs concurrency ({args.world} world, {args.requests} requests per setting, "
+        f"max_tokens {args.max_tokens}, draft {args.draft})\n\n{text}\n\n![throughput and latency](serving_concurrency.png)\n")
+    plot(rows, RESULTS / "serving_concurrency.png")
+    print("\n" + text)
+    print(f"\nwrote {RESULTS}/serving_concurrency.{{json,md,png}}")
+    return 1 if any(r["errors"] or r["lost"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

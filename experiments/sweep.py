@@ -1,0 +1,228 @@
+"""Run a study: a grid of ``python -m aurora_rl.train`` overrides x seeds, then aggregate.
+
+    python experiments/sweep.py algorithm                 # experiments/studies/algorithm.yaml
+    python experiments/sweep.py lookahead --jobs 2 --seeds 0,1,2
+    python experiments/sweep.py schedule --set world.name=default   # the same study, bigger world
+    python experiments/sweep.py algorithm --aggregate-only
+
+A study file names what every run shares (``base``), what varies (``grid``: the product of
+its lists, and/or ``cells``: explicit override sets, each with an optional ``label``), the
+``seeds`` and optionally ``plot_arms`` (the arms drawn; default all). Each (cell, seed)
+is one run in ``runs/studies/<study>/<cell>-seed<N>/``; a run whose ``summary.json``
+exists is done, so an interrupted sweep resumes where it stopped (a half-written run is
+deleted and redone). The aggregate goes to ``experiments/results/<study>/``: ``table.md``
+(mean +- std over seeds, per cell and arm, overall and per traffic phase), ``study.json``
+and ``accepted_length.png`` (accepted length over requests, mean over seeds with the
+min-max band, traffic phases shaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from aurora_rl.plots import plot_accepted_length
+
+HERE = Path(__file__).resolve().parent
+STUDIES = HERE / "studies"
+RESULTS = HERE / "results"
+
+
+@dataclass(frozen=True)
+class Run:
+    cell: str  # the label of its grid cell, e.g. "algo.name=pg"
+    seed: int
+    overrides: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        safe = re.sub(r"[^A-Za-z0-9._=+-]+", "_", self.cell.replace(",", "+")).strip("_")
+        return f"{safe}-seed{self.seed}"
+
+
+@dataclass
+class Study:
+    name: str
+    description: str
+    base: list[str]
+    cells: list[dict]
+    seeds: list[int]
+    plot_arms: list[str] | None
+
+    @classmethod
+    def load(cls, name_or_path: str) -> "Study":
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = STUDIES / f"{name_or_path}.yaml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in STUDIES.glob("*.yaml")))
+            raise SystemExit(f"error: no study {name_or_path!r} (looked for {path}); shipped studies: {known}")
+        spec = yaml.safe_load(path.read_text())
+        unknown = set(spec) - {"description", "base", "grid", "cells", "seeds", "plot_arms"}
+        if unknown:
+            raise SystemExit(f"error: {path}: unknown study keys {sorted(unknown)}; "
+                             "use description, base, grid, cells, seeds, plot_arms")
+        grid = spec.get("grid") or {}
+        varying = [key for key, values in grid.items() if len(values) > 1]
+        cells = []
+        for values in itertools.product(*grid.values()) if grid else []:
+            cell = dict(zip(grid, values))
+            cells.append({"label": ",".join(f"{k}={_format(cell[k])}" for k in varying) or "base", **cell})
+        for cell in spec.get("cells") or []:  # explicit cells: their own label, or their settings
+            cells.append({"label": cell.get("label") or ",".join(f"{k}={_format(v)}" for k, v in cell.items()), **cell})
+        if not cells:
+            raise SystemExit(f"error: {path}: a study needs a 'grid' or 'cells' to vary")
+        return cls(path.stem, spec.get("description", ""), list(spec.get("base") or []), cells,
+                   list(spec.get("seeds") or [0]), spec.get("plot_arms"))
+
+    def runs(self, extra: list[str]) -> list[Run]:
+        runs = []
+        for cell in self.cells:
+            settings = [f"{key}={_format(value)}" for key, value in cell.items() if key != "label"]
+            for seed in self.seeds:
+                runs.append(Run(cell["label"], seed, tuple(self.base + extra + settings + [f"seed={seed}"])))
+        return runs
+
+
+def _format(value) -> str:
+    """A YAML value as an OmegaConf command-line value."""
+    if isinstance(value, list):
+        return "[" + ",".join(_format(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def execute(run: Run, runs_dir: Path, threads: int) -> tuple[Run, float, str | None]:
+    """One train run as a subprocess; its output goes to ``<run>.log`` beside it."""
+    run_dir = runs_dir / run.name
+    if run_dir.exists():  # a run without summary.json was interrupted: redo it from scratch
+        shutil.rmtree(run_dir)
+    command = [sys.executable, "-m", "aurora_rl.train", *run.overrides,
+               f"output_dir={runs_dir}", f"run_name={run.name}", "progress=false"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    began = time.perf_counter()
+    with open(runs_dir / f"{run.name}.log", "w") as log:
+        log.write(" ".join(command) + "\n\n")
+        log.flush()
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    seconds = time.perf_counter() - began
+    error = None if code == 0 else f"exit {code}, see {runs_dir / (run.name + '.log')}"
+    return run, seconds, error
+
+
+def sweep(runs: list[Run], runs_dir: Path, jobs: int) -> list[str]:
+    """Run what is not done yet, ``jobs`` at a time; returns the failures."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    todo = [run for run in runs if not (runs_dir / run.name / "summary.json").exists()]
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs already done; {len(todo)} to run ({jobs} at a time)")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    failures = []
+    with ThreadPoolExecutor(jobs) as pool, tqdm(total=len(todo), unit="run") as bar:
+        for future in as_completed([pool.submit(execute, run, runs_dir, threads) for run in todo]):
+            run, seconds, error = future.result()
+            bar.update()
+            bar.write(f"{run.name}: {'FAILED ' + error if error else 'done'} in {seconds:.0f}s")
+            if error:
+                failures.append(f"{run.name}: {error}")
+    return failures
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def aggregate(study: Study, runs: list[Run], runs_dir: Path, out_dir: Path) -> Path:
+    """table.md, study.json and accepted_length.png from the runs' summary.json files."""
+    cells: dict[str, list[dict]] = {}
+    for run in runs:
+        path = runs_dir / run.name / "summary.json"
+        if path.exists():
+            cells.setdefault(run.cell, []).append(json.loads(path.read_text()))
+    if not cells:
+        raise SystemExit(f"error: no finished runs of {study.name!r} under {runs_dir}; run the study first")
+    phases = next(iter(cells.values()))[0]["phases"]
+    rows, series, spread = [], {}, {}
+    for cell, summaries in cells.items():
+        for arm in summaries[0]["arms"]:
+            per_seed = [s["arms"][arm] for s in summaries if arm in s["arms"]]
+            tau = _mean_std([r["accepted_length"] for r in per_seed])
+            by_phase = [_mean_std([r["phases"][i]["accepted_length"] for r in per_seed]) for i in range(len(phases))]
+            rows.append({"cell": cell, "arm": arm, "seeds": len(per_seed), "accepted_length": tau,
+                         "phases": by_phase, "tokens_per_s": _mean_std([r["tokens_per_s"] for r in per_seed]),
+                         "versions": _mean_std([r["versions_published"] for r in per_seed])})
+            if study.plot_arms is None or arm in study.plot_arms:
+                curves = np.array([r["per_request_accepted_length"] for r in per_seed])
+                label = arm if len(cells) == 1 else f"{cell}: {arm}"
+                series[label] = curves.mean(axis=0).tolist()
+                spread[label] = (curves.min(axis=0).tolist(), curves.max(axis=0).tolist())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "study.json").write_text(json.dumps({"study": study.name, "base": study.base, "seeds": study.seeds,
+                                                    "phases": phases, "rows": rows}, indent=2))
+    (out_dir / "table.md").write_text(render_table(study, rows, phases))
+    return plot_accepted_length(series, phases, out_dir / "accepted_length.png",
+                                title=f"study: {study.name} (mean over seeds, band = min..max)", spread=spread)
+
+
+def render_table(study: Study, rows: list[dict], phases: list[dict]) -> str:
+    pm = lambda m: f"{m[0]:.2f} ± {m[1]:.2f}"  # noqa: E731
+    head = ["cell", "arm", "seeds", "accepted length", *[p["label"] for p in phases], "tok/s", "versions"]
+    lines = [f"# study: {study.name}", "", study.description.strip(), "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["cell"], r["arm"], str(r["seeds"]), pm(r["accepted_length"]),
+                 *[f"{m[0]:.2f}" for m in r["phases"]], f"{r['tokens_per_s'][0]:.0f}", f"{r['versions'][0]:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "accepted length = tokens per target verify step (accepted drafts + 1), mean ± std over seeds; "
+              "phase columns are means.", "", "![accepted length over requests](accepted_length.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", help="a name in experiments/studies/ or a path to a study .yaml")
+    parser.add_argument("--seeds", help="comma-separated seeds, replacing the study's")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cpu_count/jobs threads)")
+    parser.add_argument("--runs-dir", default="runs/studies", help="where the runs go (<runs-dir>/<study>/)")
+    parser.add_argument("--out", help="aggregate directory (default experiments/results/<study>)")
+    parser.add_argument("--aggregate-only", action="store_true", help="only rebuild table and plot from finished runs")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and stop")
+    args = parser.parse_args(argv)
+
+    study = Study.load(args.study)
+    if args.seeds:
+        study.seeds = [int(s) for s in args.seeds.split(",")]
+    runs = study.runs(args.set)
+    runs_dir = Path(args.runs_dir) / study.name
+    if args.dry_run:
+        for run in runs:
+            print(shlex.join([sys.executable, "-m", "aurora_rl.train", *run.overrides, f"run_name={run.name}"]))
+        return 0
+    failures = [] if args.aggregate_only else sweep(runs, runs_dir, args.jobs)
+    plot = aggregate(study, runs, runs_dir, Path(args.out) if args.out else RESULTS / study.name)
+    print((plot.parent / "table.md").read_text())
+    print(f"wrote {plot.parent}/table.md, study.json, accepted_length.png")
+    if failures:
+        print("failed runs (rerun the same command to retry them):\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
