@@ -11,6 +11,10 @@ With no arguments: the default miniature world, its pretrained draft, learning o
 http://127.0.0.1:8000/v1. Ctrl-C (SIGINT/SIGTERM) stops accepting, lets in-flight requests
 finish for server.drain_seconds, stops the learner and saves its state to snapshots.directory.
 
+Follow mode (learn=false snapshots.follow=DIR): learn nothing here, and serve the versions
+another server's learner writes to DIR (a shared filesystem), each hot-swapped in as it
+appears; the configured draft serves (as v-1) only until DIR holds one.
+
     python -m aurora_rl.serve world.name=tiny draft=scratch server.port=8001
     curl http://127.0.0.1:8001/v1/completions -H 'Content-Type: application/json' \\
          -d '{"model": "aurora-tiny", "prompt": "def add(a, b):", "max_tokens": 32, "temperature": 0}'
@@ -82,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     if server.snapshots is not None:
         (server.snapshots.directory / "serve_config.yaml").write_text(to_yaml(cfg))
-    learning = f"learning with {cfg.algo.name}" if cfg.learn else "learning off"
+    if server.follower is not None:
+        learning = f"following {server.follower.directory}"
+    else:
+        learning = f"learning with {cfg.algo.name}" if cfg.learn else "learning off"
     print(f"serving {model_name!r} (draft v{server.live.version}, {learning}, key {'required' if api_key else 'off'}) "
           f"on http://{cfg.server.host}:{cfg.server.port}/v1", flush=True)  # fmt: skip
 
@@ -95,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 timeout_graceful_shutdown=cfg.server.drain_seconds)  # fmt: skip
 
     learner = server.learning.learner if server.learning else None
+    follower = server.follower
     print(f"stopped: draft v{server.live.version}, {server.live.swaps} swaps, {server.live.rollbacks} rollbacks"
-          + (f", {learner.updates} updates ({learner.rejected_updates} rejected), learner {learner.state}" if learner else ""))  # fmt: skip
+          + (f", {learner.updates} updates ({learner.rejected_updates} rejected), learner {learner.state}" if learner else "")
+          + (f", {follower.loaded} versions followed ({follower.failures} skipped)" if follower else ""))  # fmt: skip
     if learner is not None and learner.error:
         print(f"warning: the learner crashed (serving went on):\n{learner.error}", file=sys.stderr)
     if server.snapshots is not None:

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
+from aurora_rl.serving.follow import follow_and_learn_error
 from aurora_rl.serving.learner import LearnerConfig
 from aurora_rl.train.config import DRAFTER_KINDS, ConfigError, DecodeSection, DrafterSection, TrainConfig, WorldSection
 
@@ -47,7 +48,8 @@ class ServeConfig:
         "(random init: everything it knows comes from the traffic)",
         "pretrained",
     )
-    learn: bool = _help("train the draft online from the traffic and publish gated versions (false = serve it as is)", True)
+    learn: bool = _help("train the draft online from the traffic and publish gated versions (false = serve it as is, "
+                        "or follow another process's versions with snapshots.follow)", True)  # fmt: skip
     torch_threads: int | None = _help("torch intra-op threads, shared by decoding and learning (null = torch's default)", None)
     world: WorldSection = _help("target, tokenizer and the draft's pretraining data", factory=WorldSection)
     decode: DecodeSection = _help("speculative decoding; decode.temperature/top_k/top_p are the defaults of requests that send none", factory=DecodeSection)  # fmt: skip
@@ -79,6 +81,8 @@ def validate(cfg: ServeConfig) -> None:
     """Checks that need more than one field, or the filesystem."""
     if cfg.draft not in DRAFTS:
         raise ConfigError(f"draft={cfg.draft!r} is not one of {', '.join(DRAFTS)}")
+    if cfg.learn and cfg.snapshots.follow:
+        raise ConfigError(follow_and_learn_error(cfg.snapshots.follow))
     if cfg.learner.mode != "async":
         raise ConfigError(f"learner.mode={cfg.learner.mode!r}: a server learns on its own thread; set learner.mode=async")
     if cfg.drafter.kind not in DRAFTER_KINDS:

@@ -32,6 +32,7 @@ from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.serving.chat import format_chat
 from aurora_rl.serving.config import ServerSection
 from aurora_rl.serving.engine import Engine, GenerationRequest, RequestStats
+from aurora_rl.serving.follow import SnapshotFollower
 from aurora_rl.serving.generation import Piece, Submission, text_pieces
 from aurora_rl.serving.metrics import ServingMetrics
 from aurora_rl.serving.middleware import BodyLimit, CountRequests
@@ -95,9 +96,11 @@ def create_app(
     model_name: str,
     metrics: ServingMetrics,
     learning: OnlineLearning | None = None,
+    follower: SnapshotFollower | None = None,
 ) -> FastAPI:
-    """The app. Its lifespan starts the engine (and learner) and, on shutdown, drains the
-    engine for ``config.drain_seconds``, then stops the learner and saves its state."""
+    """The app. Its lifespan starts the engine (and learner, or snapshot follower) and, on
+    shutdown, stops the follower, drains the engine for ``config.drain_seconds``, then stops
+    the learner and saves its state."""
     created = int(time.time())
     max_prompt = min(config.max_prompt_tokens or engine.max_context, engine.max_context - 1)
     default = engine.decode.sampling
@@ -107,9 +110,13 @@ def create_app(
         engine.start()
         if learning is not None:
             learning.start()
+        if follower is not None:
+            follower.start(live)
         try:
             yield
         finally:
+            if follower is not None:  # no swap while draining
+                await asyncio.to_thread(follower.stop)
             await asyncio.to_thread(engine.close, config.drain_seconds)
             if learning is not None:
                 await asyncio.to_thread(learning.stop)

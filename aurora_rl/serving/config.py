@@ -1,4 +1,5 @@
-"""The serving sections of a server's configuration: HTTP front, decode engine, snapshots.
+"""The serving sections of a server's configuration: HTTP front, decode engine, snapshots
+(written, or followed).
 
 Plain documented dataclasses (OmegaConf structured-config friendly), checked in
 ``__post_init__``. The server entry point composes them with the world / decode / drafter /
@@ -69,7 +70,18 @@ class SnapshotSection:
         "runs/serve/snapshots",
     )
     keep: int = _help("most versions kept on disk (the oldest are pruned)", 5)
+    follow: str | None = _help(
+        "follow mode: serve the versions another process's learner writes to this snapshot directory (polls its "
+        "LATEST.json, hot-swaps each newer version in); needs learn=false, and this server writes no snapshots "
+        "of its own (null = off)",
+        None,
+    )
+    follow_interval: float = _help("follow mode: seconds between two looks at the followed LATEST.json", 1.0)
 
     def __post_init__(self) -> None:
         if self.keep < 1:
             raise ValueError(f"snapshots.keep={self.keep} must be >= 1")
+        if not self.follow_interval > 0:
+            raise ValueError(f"snapshots.follow_interval={self.follow_interval} must be > 0 seconds")
+        if self.follow is not None and not self.follow.strip():
+            raise ValueError("snapshots.follow='' is empty: give the directory a learner writes its snapshots to, or null")

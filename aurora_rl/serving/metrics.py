@@ -2,7 +2,8 @@
 
 Two kinds: event counters and histograms updated as things happen (HTTP requests, verify
 steps, finished requests), and state read at scrape time (live draft version, swaps,
-rollbacks, learner counters, queue depth), so a value is never stale or double-kept.
+rollbacks, learner or snapshot-follower counters, queue depth), so a value is never stale or
+double-kept.
 
 Per-position acceptance is a pair of counters per proposal position ``i``; the rate is
 ``aurora_position_accepted_total / aurora_position_proposed_total`` (in PromQL, a ratio of
@@ -17,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from aurora_rl.core.trace import Trace
 from aurora_rl.serving.engine import Engine, RequestStats
+from aurora_rl.serving.follow import SnapshotFollower
 from aurora_rl.serving.online import OnlineLearning
 from aurora_rl.serving.publish import LivePolicy
 
@@ -32,9 +34,11 @@ class ServingMetrics:
         engine: read at scrape time for queue depth and active requests.
         live: read at scrape time for the version, swaps and rollbacks.
         learning: read at scrape time for learner counters (None = learning off).
+        follower: read at scrape time for follow-mode counters (None = not following).
     """
 
-    def __init__(self, k: int, engine: Engine, live: LivePolicy, learning: OnlineLearning | None) -> None:
+    def __init__(self, k: int, engine: Engine, live: LivePolicy, learning: OnlineLearning | None,
+                 follower: SnapshotFollower | None = None) -> None:  # fmt: skip
         self.registry = CollectorRegistry()
         r = self.registry
         self.http_requests = Counter("aurora_http_requests", "HTTP requests answered, by endpoint and status code",
@@ -56,7 +60,7 @@ class ServingMetrics:
                                      buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.queued = Histogram("aurora_queue_seconds", "Submission to admission into a decode slot",
                                 buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        r.register(_StateCollector(engine, live, learning))
+        r.register(_StateCollector(engine, live, learning, follower))
 
     def observe_trace(self, trace: Trace) -> None:
         """Engine trace listener."""
@@ -86,8 +90,9 @@ class ServingMetrics:
 class _StateCollector(Collector):
     """Values owned by other components, read when Prometheus scrapes."""
 
-    def __init__(self, engine: Engine, live: LivePolicy, learning: OnlineLearning | None) -> None:
-        self.engine, self.live, self.learning = engine, live, learning
+    def __init__(self, engine: Engine, live: LivePolicy, learning: OnlineLearning | None,
+                 follower: SnapshotFollower | None) -> None:  # fmt: skip
+        self.engine, self.live, self.learning, self.follower = engine, live, learning, follower
 
     def collect(self):
         yield GaugeMetricFamily("aurora_draft_version", "Draft version serving now", value=self.live.version)
@@ -96,6 +101,19 @@ class _StateCollector(Collector):
                                   value=self.live.rollbacks)  # fmt: skip
         yield GaugeMetricFamily("aurora_queue_depth", "Requests waiting for a decode slot", value=self.engine.queue_depth)
         yield GaugeMetricFamily("aurora_active_requests", "Requests being decoded", value=self.engine.num_active)
+        follower = self.follower
+        if follower is not None:
+            yield CounterMetricFamily("aurora_follow_loaded", "Versions loaded from the followed snapshot directory",
+                                      value=follower.loaded)  # fmt: skip
+            yield CounterMetricFamily("aurora_follow_failures", "Snapshots (or LATEST.json contents) skipped as unusable",
+                                      value=follower.failures)  # fmt: skip
+            yield CounterMetricFamily("aurora_follow_rollbacks", "Rollbacks followed (LATEST.json went back a version)",
+                                      value=follower.rollbacks)  # fmt: skip
+            latest = -1 if follower.latest_version is None else follower.latest_version
+            yield GaugeMetricFamily("aurora_follow_latest_version", "Version the followed LATEST.json named at the last "
+                                    "look (-1: none yet)", value=latest)  # fmt: skip
+            yield GaugeMetricFamily("aurora_follow_last_poll_timestamp_seconds", "When the followed directory was last "
+                                    "read (0: not yet)", value=follower.last_poll or 0.0)  # fmt: skip
         learner = self.learning.learner if self.learning else None
         state = GaugeMetricFamily("aurora_learner_state", "1 for the learner's current state", labels=["state"])
         for name in LEARNER_STATES:
