@@ -189,7 +189,8 @@ def render_table(study: Study, rows: list[dict], phases: list[dict]) -> str:
                  *[f"{m[0]:.2f}" for m in r["phases"]], f"{r['tokens_per_s'][0]:.0f}", f"{r['versions'][0]:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "accepted length = tokens per target verify step (accepted drafts + 1), mean ± std over seeds; "
-              "phase columns are means.", "", "![accepted length over requests](accepted_length.png)", ""]
+              "phase columns are means; tok/s compare only between runs that had the machine alike "
+              "(with --jobs > 1 runs share the cores).", "", "![accepted length over requests](accepted_length.png)", ""]
     return "\n".join(lines)
 
 
