@@ -34,7 +34,7 @@ def plot_accepted_length(
     ``phases`` are mappings with ``start``, ``end`` and ``label``; ``spread`` optionally
     gives a (low, high) band per arm (e.g. min/max over seeds).
     """
-    fig, ax = plt.subplots(figsize=(10, 4.2))
+    fig, ax = plt.subplots(figsize=(12.5 if len(series) > 5 else 10, 4.2))
     for number, phase in enumerate(phases):
         if number % 2:
             ax.axvspan(phase["start"], phase["end"], color="0.92", zorder=0)
@@ -51,7 +51,10 @@ def plot_accepted_length(
     ax.set_ylabel(f"accepted length (tokens / verify step, {window}-request mean)")
     if title:
         ax.set_title(title, pad=18)
-    ax.legend(loc="lower right", fontsize=8)
+    if len(series) > 5:  # many lines: the legend goes beside the axes, not over the data
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    else:
+        ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)

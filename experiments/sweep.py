@@ -72,7 +72,10 @@ class Study:
         if not path.exists():
             known = ", ".join(sorted(p.stem for p in STUDIES.glob("*.yaml")))
             raise SystemExit(f"error: no study {name_or_path!r} (looked for {path}); shipped studies: {known}")
-        spec = yaml.safe_load(path.read_text())
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise SystemExit(f"error: {path} is not valid YAML (quote an override that holds [ ] or a comma): {error}")
         unknown = set(spec) - {"description", "base", "grid", "cells", "seeds", "plot_arms"}
         if unknown:
             raise SystemExit(f"error: {path}: unknown study keys {sorted(unknown)}; "
@@ -147,8 +150,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def aggregate(study: Study, runs: list[Run], runs_dir: Path, out_dir: Path) -> Path:
-    """table.md, study.json and accepted_length.png from the runs' summary.json files."""
+def aggregate(study: Study, runs: list[Run], runs_dir: Path, out_dir: Path) -> list[Path]:
+    """table.md, study.json and the plots from the runs' summary.json files.
+
+    Cells whose traffic has the same phases share a table section and a plot; cells with
+    other phases (e.g. a study over schedules) get their own, so no column or shaded band
+    ever names a phase the cell did not have.
+    """
     cells: dict[str, list[dict]] = {}
     for run in runs:
         path = runs_dir / run.name / "summary.json"
@@ -156,42 +164,60 @@ def aggregate(study: Study, runs: list[Run], runs_dir: Path, out_dir: Path) -> P
             cells.setdefault(run.cell, []).append(json.loads(path.read_text()))
     if not cells:
         raise SystemExit(f"error: no finished runs of {study.name!r} under {runs_dir}; run the study first")
-    phases = next(iter(cells.values()))[0]["phases"]
-    rows, series, spread = [], {}, {}
+    groups: dict[tuple, list[str]] = {}
     for cell, summaries in cells.items():
-        for arm in summaries[0]["arms"]:
-            per_seed = [s["arms"][arm] for s in summaries if arm in s["arms"]]
-            tau = _mean_std([r["accepted_length"] for r in per_seed])
-            by_phase = [_mean_std([r["phases"][i]["accepted_length"] for r in per_seed]) for i in range(len(phases))]
-            rows.append({"cell": cell, "arm": arm, "seeds": len(per_seed), "accepted_length": tau,
-                         "phases": by_phase, "tokens_per_s": _mean_std([r["tokens_per_s"] for r in per_seed]),
-                         "versions": _mean_std([r["versions_published"] for r in per_seed])})
-            if study.plot_arms is None or arm in study.plot_arms:
-                curves = np.array([r["per_request_accepted_length"] for r in per_seed])
-                label = arm if len(cells) == 1 else f"{cell}: {arm}"
-                series[label] = curves.mean(axis=0).tolist()
-                spread[label] = (curves.min(axis=0).tolist(), curves.max(axis=0).tolist())
+        phases = summaries[0]["phases"]
+        groups.setdefault(tuple((p["label"], p["start"], p["end"]) for p in phases), []).append(cell)
     out_dir.mkdir(parents=True, exist_ok=True)
+    sections, plots, all_rows = [], [], []
+    for members in groups.values():
+        phases = cells[members[0]][0]["phases"]
+        rows, series, spread = [], {}, {}
+        for cell in members:
+            summaries = cells[cell]
+            for arm in summaries[0]["arms"]:
+                per_seed = [s["arms"][arm] for s in summaries if arm in s["arms"]]
+                rows.append({"cell": cell, "arm": arm, "seeds": len(per_seed),
+                             "accepted_length": _mean_std([r["accepted_length"] for r in per_seed]),
+                             "phases": [_mean_std([r["phases"][i]["accepted_length"] for r in per_seed])
+                                        for i in range(len(phases))],
+                             "phase_labels": [p["label"] for p in phases],
+                             "tokens_per_s": _mean_std([r["tokens_per_s"] for r in per_seed]),
+                             "versions": _mean_std([r["versions_published"] for r in per_seed])})
+                if study.plot_arms is None or arm in study.plot_arms:
+                    curves = np.array([r["per_request_accepted_length"] for r in per_seed])
+                    plotted = [a for a in summaries[0]["arms"] if study.plot_arms is None or a in study.plot_arms]
+                    label = arm if len(members) == 1 else cell if len(plotted) == 1 else f"{cell}: {arm}"
+                    series[label] = curves.mean(axis=0).tolist()
+                    spread[label] = (curves.min(axis=0).tolist(), curves.max(axis=0).tolist())
+        name = "accepted_length.png" if len(groups) == 1 else f"accepted_length_{Run(members[0], 0, ()).name[:-6]}.png"
+        title = f"study: {study.name}" + ("" if len(groups) == 1 else f", {', '.join(members)}")
+        banded = len(series) <= 4  # more bands than that hide the lines
+        plots.append(plot_accepted_length(series, phases, out_dir / name, spread=spread if banded else None,
+                                          title=f"{title} (mean over seeds" + (", band = min..max)" if banded else ")")))
+        sections.append(render_rows(rows, phases, name))
+        all_rows += rows
     (out_dir / "study.json").write_text(json.dumps({"study": study.name, "base": study.base, "seeds": study.seeds,
-                                                    "phases": phases, "rows": rows}, indent=2))
-    (out_dir / "table.md").write_text(render_table(study, rows, phases))
-    return plot_accepted_length(series, phases, out_dir / "accepted_length.png",
-                                title=f"study: {study.name} (mean over seeds, band = min..max)", spread=spread)
+                                                    "rows": all_rows}, indent=2))
+    (out_dir / "table.md").write_text("\n".join([f"# study: {study.name}", "", study.description.strip(), "",
+                                                 *sections, FOOTNOTE, ""]))
+    return plots
 
 
-def render_table(study: Study, rows: list[dict], phases: list[dict]) -> str:
+FOOTNOTE = ("accepted length = tokens per target verify step (accepted drafts + 1), mean ± std over seeds; "
+            "phase columns are means; tok/s compare only between runs that had the machine alike "
+            "(with --jobs > 1 runs share the cores).")
+
+
+def render_rows(rows: list[dict], phases: list[dict], plot_name: str) -> str:
     pm = lambda m: f"{m[0]:.2f} ± {m[1]:.2f}"  # noqa: E731
     head = ["cell", "arm", "seeds", "accepted length", *[p["label"] for p in phases], "tok/s", "versions"]
-    lines = [f"# study: {study.name}", "", study.description.strip(), "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["cell"], r["arm"], str(r["seeds"]), pm(r["accepted_length"]),
                  *[f"{m[0]:.2f}" for m in r["phases"]], f"{r['tokens_per_s'][0]:.0f}", f"{r['versions'][0]:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "accepted length = tokens per target verify step (accepted drafts + 1), mean ± std over seeds; "
-              "phase columns are means; tok/s compare only between runs that had the machine alike "
-              "(with --jobs > 1 runs share the cores).", "", "![accepted length over requests](accepted_length.png)", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", f"![accepted length over requests]({plot_name})", ""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             print(shlex.join([sys.executable, "-m", "aurora_rl.train", *run.overrides, f"run_name={run.name}"]))
         return 0
     failures = [] if args.aggregate_only else sweep(runs, runs_dir, args.jobs)
-    plot = aggregate(study, runs, runs_dir, Path(args.out) if args.out else RESULTS / study.name)
-    print((plot.parent / "table.md").read_text())
-    print(f"wrote {plot.parent}/table.md, study.json, accepted_length.png")
+    out_dir = Path(args.out) if args.out else RESULTS / study.name
+    plots = aggregate(study, runs, runs_dir, out_dir)
+    print((out_dir / "table.md").read_text())
+    print(f"wrote {out_dir}/table.md, study.json, " + ", ".join(p.name for p in plots))
     if failures:
         print("failed runs (rerun the same command to retry them):\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
