@@ -42,13 +42,14 @@ def table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for learning, style in (("on", "o-"), ("off", "s--")):
+    for learning, style, color in (("on", "o-", "C0"), ("off", "s--", "C1")):
         sub = [r for r in rows if r["learning"] == learning]
         clients = [r["clients"] for r in sub]
-        left.plot(clients, [r["tokens_per_second"] for r in sub], style, label=f"learning {learning}")
-        right.plot(clients, [r["latency_seconds"]["p50"] for r in sub], style, label=f"p50, learning {learning}")
-        right.plot(clients, [r["latency_seconds"]["p99"] for r in sub], style, alpha=0.45, label=f"p99, learning {learning}")
-    left.set(xscale="log", xlabel="concurrent clients", ylabel="tokens / s", title="throughput")
+        left.plot(clients, [r["tokens_per_second"] for r in sub], style, color=color, label=f"learning {learning}")
+        right.plot(clients, [r["latency_seconds"]["p50"] for r in sub], style, color=color, label=f"p50, learning {learning}")
+        right.plot(clients, [r["latency_seconds"]["p99"] for r in sub], style, color=color, alpha=0.4,
+                   label=f"p99, learning {learning}")
+    left.set(xscale="log", xlabel="concurrent clients", ylabel="tokens / s", title="throughput", ylim=(0, None))
     right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="seconds", title="request latency")
     for ax in (left, right):
         ax.set_xticks(sorted({r["clients"] for r in rows}), labels=[str(c) for c in sorted({r["clients"] for r in rows})])
@@ -67,7 +68,11 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--draft", default="pretrained", help="pretrained | scratch")
     parser.add_argument("--out", default="runs/serving_concurrency", help="server logs and snapshots")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plot from the last results JSON")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads((RESULTS / "serving_concurrency.json").read_text()), RESULTS / "serving_concurrency.png")
+        return 0
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
