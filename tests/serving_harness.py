@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Iterator
 
+import httpx
 import torch
 import uvicorn
 
@@ -92,3 +93,18 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def expected_text(prompt: str, max_tokens: int = 24) -> str:
+    """The tiny target's own greedy continuation: what every lossless response must say."""
+    tokenizer, model = tiny()
+    ids = greedy(model, tokenizer(prompt)["input_ids"], max_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return text_of(tokenizer, ids)
+
+
+def complete(url: str, prompt: str, max_tokens: int = 24) -> dict:
+    """One greedy /v1/completions request; asserts a 200 and returns the JSON body."""
+    response = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": max_tokens,
+                                                         "temperature": 0}, timeout=60)  # fmt: skip
+    assert response.status_code == 200, response.text
+    return response.json()

@@ -24,7 +24,8 @@ from aurora_rl.serving.follow import LOCAL_VERSION, SnapshotFollower, follow_and
 from aurora_rl.serving.learner import LearnerConfig
 from aurora_rl.serving.publish import LivePolicy, SnapshotStore
 from aurora_rl.serving.server import build_server
-from serving_harness import MODEL, greedy, noisy_drafter, serving, text_of, tiny, wait_for
+from serving_harness import MODEL, expected_text, noisy_drafter, serving, tiny, wait_for
+from serving_harness import complete as harness_complete
 
 PROMPTS = ["def fibonacci(n):\n", "SELECT name FROM", "The river ran quietly through the"]
 INTERVAL = 0.05
@@ -40,17 +41,8 @@ def follower_server(directory):
     )  # fmt: skip
 
 
-def expected_text(prompt, max_tokens=24):
-    tokenizer, model = tiny()
-    ids = greedy(model, tokenizer(prompt)["input_ids"], max_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    return text_of(tokenizer, ids)
-
-
 def complete(url, prompt, max_tokens=24):
-    response = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": max_tokens,
-                                                         "temperature": 0}, timeout=60)  # fmt: skip
-    assert response.status_code == 200, response.text
-    answer = response.json()
+    answer = harness_complete(url, prompt, max_tokens)
     assert answer["choices"][0]["text"] == expected_text(prompt, max_tokens)  # lossless, whatever draft serves
     return answer
 

@@ -17,22 +17,9 @@ import aurora_rl.serving.learner as learner_module
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.serving.learner import LearnerConfig
 from aurora_rl.serving.publish import SnapshotStore
-from serving_harness import MODEL, greedy, noisy_drafter, serving, text_of, tiny, tiny_server, wait_for
+from serving_harness import MODEL, complete, expected_text, noisy_drafter, serving, tiny, tiny_server, wait_for
 
 PROMPTS = ["def fibonacci(n):\n", "SELECT name FROM", "The river ran quietly through the", "User: hello\nAssistant:"]
-
-
-def expected_text(prompt, max_tokens):
-    tokenizer, model = tiny()
-    ids = greedy(model, tokenizer(prompt)["input_ids"], max_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    return text_of(tokenizer, ids)
-
-
-def complete(url, prompt, max_tokens=24):
-    response = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": max_tokens,
-                                                         "temperature": 0}, timeout=60)  # fmt: skip
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def metric(url, name):
