@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", help="a name in experiments/studies/ or a path to a study .yaml")
     parser.add_argument("--seeds", help="comma-separated seeds, replacing the study's")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run (they replace the study's base, not what its cells vary)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cpu_count/jobs threads)")
     parser.add_argument("--runs-dir", default="runs/studies", help="where the runs go (<runs-dir>/<study>/)")
     parser.add_argument("--out", help="aggregate directory (default experiments/results/<study>)")
