@@ -24,25 +24,47 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_serve_and_replay_clis_end_to_end(tmp_path):
-    port = free_port()
-    snapshots = tmp_path / "snapshots"
+def start_server(port: int, *args: str) -> subprocess.Popen:
+    """``python -m aurora_rl.serve`` on the tiny world, returned once /health answers."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "aurora_rl.serve", "world.name=tiny", "draft=scratch", f"server.port={port}",
-         f"snapshots.directory={snapshots}", "learner.min_traces=8", "learner.publish_every=2", "progress=false",
-         "server.log_level=warning", "torch_threads=1"],
+        [sys.executable, "-m", "aurora_rl.serve", "world.name=tiny", f"server.port={port}", "progress=false",
+         "server.log_level=warning", "torch_threads=1", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
     )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while True:
+        assert server.poll() is None, server.stdout.read()
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            return server
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "the server did not come up within 90 s"
+            time.sleep(0.2)
+
+
+def stop(server: subprocess.Popen) -> str:
+    """SIGTERM (graceful drain); asserts exit status 0 and returns what it printed."""
+    server.send_signal(signal.SIGTERM)
+    output, _ = server.communicate(timeout=60)
+    assert server.returncode == 0, output
+    return output
+
+
+def greedy_completion(port: int, prompt: str) -> dict:
+    response = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=60,
+                          json={"model": "aurora-tiny", "prompt": prompt, "max_tokens": 16, "temperature": 0})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_serve_and_replay_clis_end_to_end_and_a_follower_process(tmp_path):
+    port, follower_port = free_port(), free_port()
+    snapshots = tmp_path / "snapshots"
+    server = start_server(port, "draft=scratch", f"snapshots.directory={snapshots}", "learner.min_traces=8",
+                          "learner.publish_every=2")
+    follower = None
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not come up within 90 s"
-                time.sleep(0.2)
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
         assert health.json()["status"] == "ok" and health.json()["model"] == "aurora-tiny"
 
         report = tmp_path / "replay.json"
@@ -56,14 +78,29 @@ def test_serve_and_replay_clis_end_to_end(tmp_path):
         summary = json.loads(report.read_text())["summary"]
         assert (summary["completed"], summary["errors"], summary["lost"]) == (6, 0, 0)
         assert summary["latency_seconds"]["p50"] > 0 and sum(w["requests"] for w in summary["windows"]) == 6
+
+        # A second process that learns nothing serves the versions the first one publishes.
+        follower = start_server(follower_port, "learn=false", f"snapshots.follow={snapshots}",
+                                "snapshots.follow_interval=0.2")
+        deadline = time.monotonic() + 30
+        while True:  # (the learner may publish again meanwhile: wait until both agree)
+            latest = json.loads((snapshots / "LATEST.json").read_text())["version"]
+            if httpx.get(f"http://127.0.0.1:{follower_port}/health").json()["draft_version"] == latest:
+                break
+            assert time.monotonic() < deadline, f"the follower never reached v{latest}"
+            time.sleep(0.2)
+        prompt = "SELECT name FROM"
+        followed = greedy_completion(follower_port, prompt)
+        assert followed["choices"][0]["text"] == greedy_completion(port, prompt)["choices"][0]["text"]  # both lossless
+        assert min(followed["spec_decode"]["draft_versions"]) >= 0  # a learner's version, not its own start (-1)
     finally:
-        server.send_signal(signal.SIGTERM)
-        output, _ = server.communicate(timeout=60)
-    assert server.returncode == 0, output
+        follower_output = stop(follower) if follower else ""
+        output = stop(server)
     assert "serving 'aurora-tiny' (draft v0, learning with forward_kl, key off)" in output
     assert "stopped: draft v" in output
     assert (snapshots / "learner" / "learner_state.json").is_file() and (snapshots / "LATEST.json").is_file()
     assert "api_key: null" in (snapshots / "serve_config.yaml").read_text()
+    assert f"following {snapshots}" in follower_output and "versions followed (0 skipped)" in follower_output
 
 
 @pytest.mark.parametrize(
