@@ -18,10 +18,16 @@ from aurora_rl.serve.replay import main as replay_main
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (held open together, so the OS cannot hand one out twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def start_server(port: int, *args: str) -> subprocess.Popen:
@@ -58,7 +64,7 @@ def greedy_completion(port: int, prompt: str) -> dict:
 
 
 def test_serve_and_replay_clis_end_to_end_and_a_follower_process(tmp_path):
-    port, follower_port = free_port(), free_port()
+    port, follower_port = free_ports(2)
     snapshots = tmp_path / "snapshots"
     server = start_server(port, "draft=scratch", f"snapshots.directory={snapshots}", "learner.min_traces=8",
                           "learner.publish_every=2")
