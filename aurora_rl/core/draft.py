@@ -8,11 +8,11 @@ sequence it opens a :class:`DraftSession`, which owns that sequence's draft-side
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
-from aurora_rl.core.sampling import SamplingParams
+from aurora_rl.core.sampling import SamplingParams, probs_from_logits
 
 
 @dataclass
@@ -106,6 +106,41 @@ def unconfident(raw_logits: torch.Tensor, token: int, min_confidence: float | No
     if min_confidence is None:
         return False
     return float(raw_logits.float().softmax(-1)[token]) < min_confidence
+
+
+def draw(dist: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None) -> int:
+    """Pick a token from ``dist`` ``(V,)``: its argmax when greedy, else a sample."""
+    if sampling.greedy:
+        return int(dist.argmax())
+    return int(torch.multinomial(dist, 1, generator=generator))
+
+
+def propose_autoregressively(
+    next_logits: Callable[[int | None], torch.Tensor],
+    k: int,
+    sampling: SamplingParams,
+    generator: torch.Generator | None,
+    min_confidence: float | None = None,
+) -> Proposal:
+    """Draw up to ``k`` tokens one at a time: the loop every autoregressive drafter shares.
+
+    ``next_logits(None)`` gives the raw logits of the first proposal position;
+    ``next_logits(token)`` feeds the proposal just drawn and gives the next position's. It
+    is never called with the last proposal (nothing would read its output), nor after an
+    early stop (see :func:`unconfident`).
+    """
+    tokens, dists, raw = [], [], []
+    logits = next_logits(None)
+    for i in range(k):
+        dist = probs_from_logits(logits, sampling)
+        token = draw(dist, sampling, generator)
+        tokens.append(token)
+        dists.append(dist)
+        raw.append(logits)
+        if i == k - 1 or unconfident(logits, token, min_confidence):
+            break
+        logits = next_logits(token)
+    return Proposal(torch.tensor(tokens, dtype=torch.long), torch.stack(dists), torch.stack(raw))
 
 
 def check_vocab_compatible(draft_vocab: int, target_vocab: int) -> None:

@@ -26,12 +26,11 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import Proposal, unconfident
-from aurora_rl.core.sampling import SamplingParams, probs_from_logits
+from aurora_rl.core.draft import Proposal, propose_autoregressively
+from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import Target
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
 from aurora_rl.policies.eagle_layer import EagleConfig, EagleHead, KVCache
-from aurora_rl.policies.small_lm import draw
 
 
 def _normalised_layers(layers: Sequence[int], num_states: int) -> tuple[int, ...]:
@@ -89,28 +88,24 @@ class EagleSession:
         min_confidence: float | None = None,
     ) -> Proposal:
         head = self.model.head
-        tokens, dists, raw = [], [], []
         with torch.inference_mode():
             self.cache.rollback(self.fed)  # proposing twice without a verdict redrafts
             if len(self._pending):
                 self._feed_true()
             assert self._last is not None, "a session always has a fed token to draft from"
-            out = self._last
-            for i in range(k):
-                logits = self.model.logits(out)
-                dist = probs_from_logits(logits, sampling)
-                token = draw(dist, sampling, generator)
-                tokens.append(token)
-                dists.append(dist)
-                raw.append(logits)
-                if unconfident(logits, token, min_confidence):
-                    break
-                if i < k - 1:  # the last proposal is never fed, as in the small LM
-                    position = torch.tensor([[len(self.tokens) + i]])
-                    ids = torch.tensor([[token]])
-                    out = head(self.model.embed(ids), out[None, None], position, self.cache)[0, 0]
-        self._proposed = tokens
-        return Proposal(torch.tensor(tokens, dtype=torch.long), torch.stack(dists), torch.stack(raw))
+            out, position = self._last, len(self.tokens)
+
+            def next_logits(token: int | None) -> torch.Tensor:
+                nonlocal out, position
+                if token is not None:  # the head reads its own previous output and the token it drew
+                    ids, at = torch.tensor([[token]]), torch.tensor([[position]])
+                    out = head(self.model.embed(ids), out[None, None], at, self.cache)[0, 0]
+                    position += 1
+                return self.model.logits(out)
+
+            proposal = propose_autoregressively(next_logits, k, sampling, generator, min_confidence)
+        self._proposed = proposal.tokens.tolist()
+        return proposal
 
     def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
         if target_hidden is None or target_hidden.shape != (num_accepted + 1, self._pending.shape[-1]):

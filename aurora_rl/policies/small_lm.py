@@ -9,17 +9,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import Proposal, unconfident
-from aurora_rl.core.sampling import SamplingParams, probs_from_logits
+from aurora_rl.core.draft import Proposal, propose_autoregressively
+from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import RollbackCache, run_cached
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
-
-
-def draw(dist: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None) -> int:
-    """Pick a token from ``dist`` ``(V,)``: its argmax when greedy, else a sample."""
-    if sampling.greedy:
-        return int(dist.argmax())
-    return int(torch.multinomial(dist, 1, generator=generator))
 
 
 class SmallLMSession:
@@ -42,20 +35,14 @@ class SmallLMSession:
         generator: torch.Generator | None,
         min_confidence: float | None = None,
     ) -> Proposal:
-        feed = self.tokens[len(self.cache) :]
-        tokens, dists, raw = [], [], []
-        for _ in range(k):
-            logits = run_cached(self.model, self.cache, feed).logits[-1]
-            dist = probs_from_logits(logits, sampling)
-            token = draw(dist, sampling, generator)
-            tokens.append(token)
-            dists.append(dist)
-            raw.append(logits)
-            if unconfident(logits, token, min_confidence):
-                break
-            feed = [token]
-        self._proposed = tokens
-        return Proposal(torch.tensor(tokens, dtype=torch.long), torch.stack(dists), torch.stack(raw))
+        def next_logits(token: int | None) -> torch.Tensor:
+            # first: the committed tokens the cache has not seen yet; then each proposal
+            feed = self.tokens[len(self.cache) :] if token is None else [token]
+            return run_cached(self.model, self.cache, feed).logits[-1]
+
+        proposal = propose_autoregressively(next_logits, k, sampling, generator, min_confidence)
+        self._proposed = proposal.tokens.tolist()
+        return proposal
 
     def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
         # The cache holds the proposals fed after the first one was drawn: all but the
