@@ -50,10 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     eos, pad = [tokenizer.eos_token_id], tokenizer.pad_token_id
     target = Target(world.target(), hidden_layers=(-1,))
     domains = world.domains if args.domains == "all" else args.domains.split(",")
-    split = lambda name: world.dataset(name).filter(lambda row: row["domain"] in domains)  # noqa: E731
     encode = lambda stream: [tokenizer(r.prompt)["input_ids"] for r in stream.requests]  # noqa: E731
-    train = encode(make_traffic(split("train"), "mixed", args.rounds * args.train_prompts, seed=args.seed + 1))
-    heldout = encode(make_traffic(split("heldout"), "mixed", args.eval_prompts, seed=args.seed + 2))
+    train = encode(make_traffic(world.dataset("train", domains), "mixed", args.rounds * args.train_prompts, seed=args.seed + 1))
+    heldout = encode(make_traffic(world.dataset("heldout", domains), "mixed", args.eval_prompts, seed=args.seed + 2))
 
     def fresh(kind):
         if kind == "eagle":

@@ -29,10 +29,9 @@ def setting():
     tokenizer = world.tokenizer()
     target = Target(world.target(), hidden_layers=(-1,))
     encode = lambda stream: [tokenizer(r.prompt)["input_ids"] for r in stream.requests]  # noqa: E731
-    split = lambda name: world.dataset(name).filter(lambda row: row["domain"] in DOMAINS)  # noqa: E731
-    train = encode(make_traffic(split("train"), "mixed", ROUNDS * TRAIN_PROMPTS, seed=1))
+    train = encode(make_traffic(world.dataset("train", DOMAINS), "mixed", ROUNDS * TRAIN_PROMPTS, seed=1))
     rounds = [train[i * TRAIN_PROMPTS : (i + 1) * TRAIN_PROMPTS] for i in range(ROUNDS)]
-    heldout = encode(make_traffic(split("heldout"), "mixed", EVAL_PROMPTS, seed=2))
+    heldout = encode(make_traffic(world.dataset("heldout", DOMAINS), "mixed", EVAL_PROMPTS, seed=2))
     return world, tokenizer, target, rounds, heldout
 
 

@@ -81,6 +81,15 @@ def test_datasets_have_domains_columns_and_disjoint_splits(tiny):
         tiny.dataset("test")
 
 
+def test_a_split_restricted_to_domains_holds_exactly_their_rows(tiny):
+    some = tiny.dataset("train", ["sql", "math"])
+    everything = tiny.dataset("train")
+    assert set(some["domain"]) == {"math", "sql"}
+    assert len(some) == 2 * tiny.recipe.train_samples_per_domain
+    assert list(some["prompt"]) == [row["prompt"] for row in everything if row["domain"] in ("math", "sql")]
+    assert len(tiny.dataset("heldout", None)) == len(tiny.dataset("heldout"))
+
+
 def test_each_domain_looks_like_itself(tiny):
     heldout = tiny.dataset("heldout")
     first = {row["domain"]: row for row in reversed(list(heldout))}

@@ -84,9 +84,7 @@ def pretrained_drafter(
 
 
 def _train(world: World, recipe: DrafterRecipe, progress: bool) -> SmallLMDrafter:
-    data = world.dataset("train")
-    if recipe.domains is not None:
-        data = data.filter(lambda row: row["domain"] in recipe.domains)
+    data = world.dataset("train", recipe.domains)
     tokenizer = world.tokenizer()
     # Tokenised exactly as the target was trained (prompt and reference separately), so the
     # drafter never learns a token the target cannot emit at the prompt boundary.

@@ -71,10 +71,7 @@ def pretrained(s: Setting):
     if cfg.drafter.kind == "small_lm":
         recipe = DrafterRecipe(domains=domains, steps=cfg.drafter.pretrain_steps, seed=cfg.seed)
         return pretrained_drafter(s.world, recipe, cfg.world.cache_dir, progress=cfg.progress)
-    data = s.world.dataset("train")
-    if domains:
-        data = data.filter(lambda row: row["domain"] in domains)
-    requests = make_traffic(data, "mixed", cfg.offline.num_requests, seed=cfg.seed).requests
+    requests = make_traffic(s.world.dataset("train", domains), "mixed", cfg.offline.num_requests, seed=cfg.seed).requests
     return offline_finetune(s, scratch_drafter(s), requests, cfg.drafter.pretrain_steps, "pretrain eagle")
 
 
@@ -100,10 +97,8 @@ def initial_drafter(s: Setting, arm: str):
     else:
         drafter = scratch_drafter(s)
     if mode == "offline":
-        domains = s.cfg.offline.domains or s.cfg.drafter.pretrain_domains
-        data = s.world.dataset("train")
-        if domains:
-            data = data.filter(lambda row: row["domain"] in domains)
+        domains = s.cfg.offline.domains or s.cfg.drafter.pretrain_domains or None  # empty = every domain
+        data = s.world.dataset("train", domains)
         requests = make_traffic(data, s.cfg.offline.schedule, s.cfg.offline.num_requests, seed=s.cfg.seed + 1).requests
         drafter = offline_finetune(s, drafter, requests, s.cfg.offline.updates, "offline arm")
     return drafter

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import datasets
 import pyarrow.parquet as pq
@@ -51,11 +52,16 @@ class World:
     def domains(self) -> list[str]:
         return list(self.recipe.domains)
 
-    def dataset(self, split: str) -> datasets.Dataset:
-        """The "train" or "heldout" split: columns domain, prompt, reference (str), grouped by domain."""
+    def dataset(self, split: str, domains: Sequence[str] | None = None) -> datasets.Dataset:
+        """The "train" or "heldout" split: columns domain, prompt, reference (str), grouped by
+        domain; only the rows of ``domains`` when given (None = every domain)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}: choose one of {list(SPLITS)}.")
-        return datasets.Dataset(pq.read_table(self.path / DATA_DIR / f"{split}.parquet"))
+        data = datasets.Dataset(pq.read_table(self.path / DATA_DIR / f"{split}.parquet"))
+        if domains is not None:
+            wanted = set(domains)
+            data = data.filter(lambda row: row["domain"] in wanted)
+        return data
 
     def tokenizer(self) -> PreTrainedTokenizerFast:
         """The byte-level BPE tokenizer; calling it prepends <bos>; pad, bos and eos are distinct."""
