@@ -51,8 +51,12 @@ class Run:
 
     @property
     def name(self) -> str:
-        safe = re.sub(r"[^A-Za-z0-9._=+-]+", "_", self.cell.replace(",", "+")).strip("_")
-        return f"{safe}-seed{self.seed}"
+        return f"{file_safe(self.cell)}-seed{self.seed}"
+
+
+def file_safe(label: str) -> str:
+    """A cell label as a file or directory name."""
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", label.replace(",", "+")).strip("_")
 
 
 @dataclass
@@ -175,6 +179,7 @@ def aggregate(study: Study, runs: list[Run], runs_dir: Path, out_dir: Path) -> l
         rows, series, spread = [], {}, {}
         for cell in members:
             summaries = cells[cell]
+            plotted = [a for a in summaries[0]["arms"] if study.plot_arms is None or a in study.plot_arms]
             for arm in summaries[0]["arms"]:
                 per_seed = [s["arms"][arm] for s in summaries if arm in s["arms"]]
                 rows.append({"cell": cell, "arm": arm, "seeds": len(per_seed),
@@ -184,13 +189,12 @@ def aggregate(study: Study, runs: list[Run], runs_dir: Path, out_dir: Path) -> l
                              "phase_labels": [p["label"] for p in phases],
                              "tokens_per_s": _mean_std([r["tokens_per_s"] for r in per_seed]),
                              "versions": _mean_std([r["versions_published"] for r in per_seed])})
-                if study.plot_arms is None or arm in study.plot_arms:
+                if arm in plotted:
                     curves = np.array([r["per_request_accepted_length"] for r in per_seed])
-                    plotted = [a for a in summaries[0]["arms"] if study.plot_arms is None or a in study.plot_arms]
                     label = arm if len(members) == 1 else cell if len(plotted) == 1 else f"{cell}: {arm}"
                     series[label] = curves.mean(axis=0).tolist()
                     spread[label] = (curves.min(axis=0).tolist(), curves.max(axis=0).tolist())
-        name = "accepted_length.png" if len(groups) == 1 else f"accepted_length_{Run(members[0], 0, ()).name[:-6]}.png"
+        name = "accepted_length.png" if len(groups) == 1 else f"accepted_length_{file_safe(members[0])}.png"
         title = f"study: {study.name}" + ("" if len(groups) == 1 else f", {', '.join(members)}")
         banded = len(series) <= 4  # more bands than that hide the lines
         plots.append(plot_accepted_length(series, phases, out_dir / name, spread=spread if banded else None,
