@@ -8,7 +8,7 @@ sequence it opens a :class:`DraftSession`, which owns that sequence's draft-side
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -101,6 +101,25 @@ class DraftPolicy(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchProposer(Protocol):
+    """Optional: a drafter that proposes for many sequences in batched forwards.
+
+    Decoding several sequences at once (:func:`aurora_rl.core.spec.speculate_batch`) uses
+    it when the policy has it, and each session's ``propose`` otherwise. The contract is
+    equivalence: under a seed, row ``i`` gets exactly ``sessions[i].propose(ks[i], ...)``.
+    """
+
+    def propose_batch(
+        self,
+        sessions: Sequence[DraftSession],
+        ks: Sequence[int],
+        samplings: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None],
+        min_confidences: Sequence[float | None],
+    ) -> list[Proposal]: ...
+
+
 def unconfident(raw_logits: torch.Tensor, token: int, min_confidence: float | None) -> bool:
     """True if the draft's own temperature-1 probability of ``token`` is below the bar."""
     if min_confidence is None:
@@ -129,18 +148,56 @@ def propose_autoregressively(
     is never called with the last proposal (nothing would read its output), nor after an
     early stop (see :func:`unconfident`).
     """
-    tokens, dists, raw = [], [], []
-    logits = next_logits(None)
-    for i in range(k):
-        dist = probs_from_logits(logits, sampling)
-        token = draw(dist, sampling, generator)
-        tokens.append(token)
-        dists.append(dist)
-        raw.append(logits)
-        if i == k - 1 or unconfident(logits, token, min_confidence):
-            break
-        logits = next_logits(token)
-    return Proposal(torch.tensor(tokens, dtype=torch.long), torch.stack(dists), torch.stack(raw))
+    (proposal,) = propose_autoregressively_batched(
+        lambda rows, fed: [next_logits(None if fed is None else fed[0])],
+        [k],
+        [sampling],
+        [generator],
+        [min_confidence],
+    )
+    return proposal
+
+
+def propose_autoregressively_batched(
+    next_logits: Callable[[list[int], list[int] | None], list[torch.Tensor]],
+    ks: Sequence[int],
+    samplings: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+    min_confidences: Sequence[float | None],
+) -> list[Proposal]:
+    """:func:`propose_autoregressively` for many sequences at once, one draft forward per round.
+
+    ``next_logits(rows, None)`` gives the raw first-position logits of each listed row;
+    ``next_logits(rows, tokens)`` feeds each listed row its proposal just drawn. A row
+    leaves the rounds when it has ``ks[row]`` proposals or stops early. Each row draws with
+    its own generator in the same order as alone, so under a seed the proposals equal the
+    one-sequence loop's. Every ``ks[row]`` must be >= 1.
+    """
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every row needs k >= 1 proposals, got {list(ks)}")
+    tokens: list[list[int]] = [[] for _ in ks]
+    dists: list[list[torch.Tensor]] = [[] for _ in ks]
+    raw: list[list[torch.Tensor]] = [[] for _ in ks]
+    rows = list(range(len(ks)))
+    logits = next_logits(rows, None)
+    while rows:
+        drafting, fed = [], []
+        for row, row_logits in zip(rows, logits):
+            dist = probs_from_logits(row_logits, samplings[row])
+            token = draw(dist, samplings[row], generators[row])
+            tokens[row].append(token)
+            dists[row].append(dist)
+            raw[row].append(row_logits)
+            if len(tokens[row]) < ks[row] and not unconfident(row_logits, token, min_confidences[row]):
+                drafting.append(row)
+                fed.append(token)
+        rows = drafting
+        if rows:
+            logits = next_logits(rows, fed)
+    return [
+        Proposal(torch.tensor(t, dtype=torch.long), torch.stack(d), torch.stack(r))
+        for t, d, r in zip(tokens, dists, raw)
+    ]
 
 
 def check_vocab_compatible(draft_vocab: int, target_vocab: int) -> None:

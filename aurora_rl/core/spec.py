@@ -6,21 +6,23 @@ target). A step feeds ``[pending] + proposals`` to the target in one forward pas
 scores every proposal and the bonus position at once, decides the accepted prefix, appends
 it plus the target's own token, and rolls the cache back to the kept tokens.
 
-The Gym env, the offline collector and the serving engine all decode through this file.
+The Gym env, the offline collector and the serving engine all decode through this file;
+``speculate_batch`` runs the same step for many sequences with batched forward passes.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 
 from aurora_rl.core.acceptance import Verdict, greedy_verdict, rejection_verdict
-from aurora_rl.core.draft import DraftPolicy, DraftSession, Proposal
+from aurora_rl.core.draft import BatchProposer, DraftPolicy, DraftSession, Proposal
+from aurora_rl.core.ragged import batchable, run_cached_ragged
 from aurora_rl.core.sampling import GREEDY, SamplingParams, probs_from_logits
-from aurora_rl.core.target import Target
+from aurora_rl.core.target import ModelOutput, Target
 from aurora_rl.core.trace import Trace, store_probs
 
 
@@ -203,55 +205,46 @@ class DecodeConfig:
         return GREEDY
 
 
-def _judge(
-    target: Target,
-    state: DecodeState,
-    proposal: Proposal,
-    sampling: SamplingParams,
-    generator: torch.Generator | None,
-) -> tuple[Verdict, torch.Tensor, torch.Tensor | None]:
-    """Score ``[pending] + proposal`` in one target pass and decide the verdict.
-
-    Returns the verdict (batch of one), the target's temperature-1 probabilities
-    ``(k + 1, V)`` and its features at the fed positions ``(k + 1, D)`` or None.
-    """
-    pending = state.tokens[state.length - 1 : state.length]
-    out = target.forward(state.target_cache, torch.cat([pending, proposal.tokens]))
+def _verdict(
+    proposal: Proposal, logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
+) -> Verdict:
+    """The verdict (batch of one) on ``proposal`` given the target's logits ``(k + 1, V)``
+    at ``[pending] + proposal``."""
     if sampling.greedy:
-        verdict = greedy_verdict(proposal.tokens[None], out.logits[None])
-    else:
-        shaped = probs_from_logits(out.logits, sampling)
-        verdict = rejection_verdict(
-            proposal.tokens[None], proposal.probs[None], shaped[None], generator
-        )
-    return verdict, out.logits.softmax(-1), out.hidden
+        return greedy_verdict(proposal.tokens[None], logits[None])
+    shaped = probs_from_logits(logits, sampling)
+    return rejection_verdict(proposal.tokens[None], proposal.probs[None], shaped[None], generator)
 
 
-def verify_step(
-    target: Target,
-    state: DecodeState,
-    proposal: Proposal,
-    config: DecodeConfig,
-    generator: torch.Generator | None = None,
-    draft_version: int = 0,
-    session: DraftSession | None = None,
-) -> Trace:
-    """Verify ``proposal`` on ``state``, advance the state, and return the step's trace.
-
-    The proposal must continue the sequence as it stands and hold at most
-    ``state.remaining - 1`` tokens, so the target's own token always fits the budget.
-    ``session`` (if given) is told the verdict so it stays in sync.
-    """
+def _check_fits(state: DecodeState, proposal: Proposal) -> None:
     if state.finished:
         raise RuntimeError(f"request {state.request_id!r} already finished ({state.finish_reason})")
-    k = len(proposal)
-    if k > state.remaining - 1:
+    if len(proposal) > state.remaining - 1:
         raise ValueError(
-            f"{k} proposals do not fit the remaining budget of {state.remaining} tokens "
+            f"{len(proposal)} proposals do not fit the remaining budget of {state.remaining} tokens "
             f"(at most {state.remaining - 1} proposals plus the target's own token)"
         )
+
+
+def _feed(state: DecodeState, proposal: Proposal) -> torch.Tensor:
+    """What the target scores in a verify step: the pending token, then the proposals."""
+    return torch.cat([state.tokens[state.length - 1 : state.length], proposal.tokens])
+
+
+def _settle(
+    state: DecodeState,
+    proposal: Proposal,
+    scored: ModelOutput,
+    config: DecodeConfig,
+    generator: torch.Generator | None,
+    draft_version: int,
+    session: DraftSession | None,
+) -> Trace:
+    """Decide the verdict from the target's scores of ``_feed(state, proposal)`` (already
+    appended to the state's cache), advance the state, and return the step's trace."""
     context_len = state.length
-    verdict, target_probs, hidden = _judge(target, state, proposal, config.sampling, generator)
+    verdict = _verdict(proposal, scored.logits, config.sampling, generator)
+    hidden = scored.hidden
     num_accepted = int(verdict.num_accepted[0])
     next_token = int(verdict.next_token[0])
     emitted = torch.cat([proposal.tokens[:num_accepted], torch.tensor([next_token])])
@@ -288,14 +281,39 @@ def verify_step(
         draft_version=draft_version,
         context_ids=state.tokens[:context_len],
         proposed=proposal.tokens.clone(),
-        draft_logprobs=proposal.logprobs if k else torch.zeros(0),
-        target_probs=store_probs(target_probs, config.trace_topk),
+        draft_logprobs=proposal.logprobs if len(proposal) else torch.zeros(0),
+        target_probs=store_probs(scored.logits.softmax(-1), config.trace_topk),
         accept_mask=accept_mask,
         emitted=emitted,
         context_features=None if state.features is None else state.features[:context_len],
         temperature=config.sampling.temperature,
         wall_time=time.time(),
     )
+
+
+def verify_step(
+    target: Target,
+    state: DecodeState,
+    proposal: Proposal,
+    config: DecodeConfig,
+    generator: torch.Generator | None = None,
+    draft_version: int = 0,
+    session: DraftSession | None = None,
+) -> Trace:
+    """Verify ``proposal`` on ``state``, advance the state, and return the step's trace.
+
+    The proposal must continue the sequence as it stands and hold at most
+    ``state.remaining - 1`` tokens, so the target's own token always fits the budget.
+    ``session`` (if given) is told the verdict so it stays in sync.
+    """
+    _check_fits(state, proposal)
+    scored = target.forward(state.target_cache, _feed(state, proposal))
+    return _settle(state, proposal, scored, config, generator, draft_version, session)
+
+
+def _draft_for(state: DecodeState, config: DecodeConfig) -> int:
+    """How many proposals this step may draw: ``k``, less near the end of the budget."""
+    return min(config.k, state.remaining - 1)
 
 
 def speculate_step(
@@ -313,9 +331,83 @@ def speculate_step(
     if policy is None:
         return verify_step(target, state, _no_proposal(target.vocab_size), config, generator)
     session = sync_session(state, policy)
-    k_step = min(config.k, state.remaining - 1)
+    k_step = _draft_for(state, config)
     if k_step > 0:
         proposal = session.propose(k_step, config.draft_sampling, generator, config.draft_confidence)
     else:
         proposal = _no_proposal(policy.vocab_size)
     return verify_step(target, state, proposal, config, generator, policy.version, session)
+
+
+def speculate_batch(
+    policy: DraftPolicy | None,
+    target: Target,
+    states: Sequence[DecodeState],
+    configs: Sequence[DecodeConfig],
+    generators: Sequence[torch.Generator | None],
+) -> list[Trace]:
+    """One speculative step of every sequence in ``states``, with batched forward passes.
+
+    The draft proposes for all rows together (round by round, when the policy is a
+    :class:`BatchProposer`) and the target verifies every row in one ragged forward
+    (:func:`~aurora_rl.core.ragged.run_cached_ragged`). Each row keeps its own decoding
+    rule, generator and cache, so row ``i`` advances exactly as
+    ``speculate_step(policy, target, states[i], configs[i], generators[i])`` would, and
+    its trace equals that step's (the equivalence tests pin this, greedy and sampled).
+    """
+    if not len(states) == len(configs) == len(generators):
+        raise ValueError(
+            f"{len(states)} states, {len(configs)} configs and {len(generators)} generators: give one of each per row"
+        )
+    if policy is None:
+        proposals = [_no_proposal(target.vocab_size) for _ in states]
+        return verify_batch(target, states, proposals, configs, generators)
+    sessions = [sync_session(state, policy) for state in states]
+    proposals = [_no_proposal(policy.vocab_size) for _ in states]
+    drafting = [row for row, state in enumerate(states) if _draft_for(state, configs[row]) > 0]
+    if drafting:
+        ks = [_draft_for(states[row], configs[row]) for row in drafting]
+        samplings = [configs[row].draft_sampling for row in drafting]
+        picked_generators = [generators[row] for row in drafting]
+        confidences = [configs[row].draft_confidence for row in drafting]
+        if isinstance(policy, BatchProposer) and len(drafting) > 1:
+            drafted = policy.propose_batch(
+                [sessions[row] for row in drafting], ks, samplings, picked_generators, confidences
+            )
+        else:
+            drafted = [
+                sessions[row].propose(k, sampling, generator, confidence)
+                for row, k, sampling, generator, confidence in zip(
+                    drafting, ks, samplings, picked_generators, confidences
+                )
+            ]
+        for row, proposal in zip(drafting, drafted):
+            proposals[row] = proposal
+    return verify_batch(target, states, proposals, configs, generators, policy.version, sessions)
+
+
+def verify_batch(
+    target: Target,
+    states: Sequence[DecodeState],
+    proposals: Sequence[Proposal],
+    configs: Sequence[DecodeConfig],
+    generators: Sequence[torch.Generator | None],
+    draft_version: int = 0,
+    sessions: Sequence[DraftSession | None] | None = None,
+) -> list[Trace]:
+    """:func:`verify_step` for every row, with one target forward pass for all of them."""
+    for state, proposal in zip(states, proposals, strict=True):
+        _check_fits(state, proposal)
+    caches = [state.target_cache for state in states]
+    feeds = [_feed(state, proposal) for state, proposal in zip(states, proposals)]
+    if batchable(caches):
+        scored = run_cached_ragged(target.model, caches, feeds, target.hidden_layers)
+    else:  # e.g. sliding-window layers: one forward per row, same results
+        scored = [target.forward(cache, feed) for cache, feed in zip(caches, feeds)]
+    sessions = sessions if sessions is not None else [None] * len(states)
+    return [
+        _settle(state, proposal, out, config, generator, draft_version, session)
+        for state, proposal, out, config, generator, session in zip(
+            states, proposals, scored, configs, generators, sessions
+        )
+    ]

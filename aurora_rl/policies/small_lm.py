@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import Proposal, propose_autoregressively
+from aurora_rl.core.draft import Proposal, propose_autoregressively, propose_autoregressively_batched
+from aurora_rl.core.ragged import batchable, run_cached_ragged
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import RollbackCache, run_cached
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
@@ -41,8 +43,12 @@ class SmallLMSession:
             return run_cached(self.model, self.cache, feed).logits[-1]
 
         proposal = propose_autoregressively(next_logits, k, sampling, generator, min_confidence)
-        self._proposed = proposal.tokens.tolist()
+        self.expect_verdict_on(proposal)
         return proposal
+
+    def expect_verdict_on(self, proposal: Proposal) -> None:
+        """Remember the proposal the next ``commit`` judges."""
+        self._proposed = proposal.tokens.tolist()
 
     def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
         # The cache holds the proposals fed after the first one was drawn: all but the
@@ -121,6 +127,37 @@ class SmallLMDrafter:
 
     def start(self, context_ids: torch.Tensor, target_hidden: torch.Tensor | None = None) -> SmallLMSession:
         return SmallLMSession(self.model, context_ids)
+
+    def propose_batch(
+        self,
+        sessions: Sequence[SmallLMSession],
+        ks: Sequence[int],
+        samplings: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None],
+        min_confidences: Sequence[float | None],
+    ) -> list[Proposal]:
+        """Proposals for many sequences, one batched draft forward per round.
+
+        Under a seed each row's proposal equals ``sessions[row].propose(...)`` alone.
+        """
+        if not batchable([session.cache for session in sessions]):
+            return [
+                session.propose(k, sampling, generator, confidence)
+                for session, k, sampling, generator, confidence in zip(
+                    sessions, ks, samplings, generators, min_confidences
+                )
+            ]
+
+        def next_logits(rows: list[int], fed: list[int] | None) -> list[torch.Tensor]:
+            picked = [sessions[row] for row in rows]
+            feeds = [s.tokens[len(s.cache) :] for s in picked] if fed is None else [[t] for t in fed]
+            scored = run_cached_ragged(self.model, [s.cache for s in picked], feeds)
+            return [out.logits[-1] for out in scored]
+
+        proposals = propose_autoregressively_batched(next_logits, ks, samplings, generators, min_confidences)
+        for session, proposal in zip(sessions, proposals):
+            session.expect_verdict_on(proposal)
+        return proposals
 
     def proposal_logits(self, batch: TraceBatch) -> torch.Tensor:
         return self.trainable(batch)

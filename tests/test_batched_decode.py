@@ -1,0 +1,196 @@
+"""Batched decoding (``speculate_batch``, ``run_cached_ragged``) equals the one-sequence path.
+
+The one-sequence path is pinned to the target's own output elsewhere (test_lossless); here
+every row of a ragged batch must reproduce it token for token: greedy, sampled under a seed,
+with mixed decoding rules per row, and with rows finishing at different steps.
+"""
+
+import pytest
+import torch
+
+from aurora_rl.core.draft import propose_autoregressively_batched
+from aurora_rl.core.ragged import run_cached_ragged
+from aurora_rl.core.sampling import GREEDY, SamplingParams
+from aurora_rl.core.spec import DecodeConfig, speculate_batch, speculate_step, start_decode
+from aurora_rl.core.target import RollbackCache, Target, run_cached
+from aurora_rl.policies.eagle import EagleDrafter
+from aurora_rl.policies.small_lm import SmallLMDrafter
+from conftest import make_llama, perturbed_copy
+
+EOS = 1
+
+
+def prompts_of_lengths(lengths, vocab, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=gen) for n in lengths]
+
+
+def decode_alone(policy, target, prompt, config, seed, max_new_tokens):
+    state = start_decode(target, prompt, max_new_tokens, [EOS], max_k=config.k)
+    generator = torch.Generator().manual_seed(seed)
+    traces = []
+    while not state.finished:
+        traces.append(speculate_step(policy, target, state, config, generator))
+    return state.generated.tolist(), traces
+
+
+def decode_together(policy, target, prompts, configs, seeds, max_new_tokens):
+    """All prompts in lockstep; a row leaves the batch when it finishes."""
+    states = [start_decode(target, p, max_new_tokens, [EOS], max_k=c.k) for p, c in zip(prompts, configs)]
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    traces = [[] for _ in prompts]
+    batch_sizes = []
+    while live := [row for row, state in enumerate(states) if not state.finished]:
+        batch_sizes.append(len(live))
+        stepped = speculate_batch(
+            policy, target, [states[r] for r in live], [configs[r] for r in live], [generators[r] for r in live]
+        )
+        for row, trace in zip(live, stepped):
+            traces[row].append(trace)
+    return [s.generated.tolist() for s in states], traces, batch_sizes
+
+
+def assert_same_traces(batched, alone):
+    assert len(batched) == len(alone)
+    for ours, theirs in zip(batched, alone):
+        assert ours.proposed.tolist() == theirs.proposed.tolist()
+        assert ours.accept_mask.tolist() == theirs.accept_mask.tolist()
+        assert ours.emitted.tolist() == theirs.emitted.tolist()
+        assert ours.draft_version == theirs.draft_version
+        torch.testing.assert_close(ours.draft_logprobs, theirs.draft_logprobs, atol=1e-5, rtol=1e-4)
+
+
+# --- the ragged forward -------------------------------------------------------------------
+
+
+def test_ragged_forward_equals_one_forward_per_row(random_target_model):
+    model = random_target_model
+    prompts = prompts_of_lengths([0, 1, 5, 40, 17], 97, seed=0)
+    feeds = prompts_of_lengths([3, 1, 5, 2, 4], 97, seed=1)
+    alone, together = [RollbackCache(model) for _ in prompts], [RollbackCache(model) for _ in prompts]
+    for cache, prompt in zip(alone + together, prompts + prompts):
+        if len(prompt):
+            run_cached(model, cache, prompt)
+    for step in range(2):  # the second step runs on caches the first one extended
+        expected = [run_cached(model, c, f, (0, -1)) for c, f in zip(alone, feeds)]
+        got = run_cached_ragged(model, together, feeds, (0, -1))
+        for ours, theirs in zip(got, expected):
+            torch.testing.assert_close(ours.logits, theirs.logits, atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(ours.hidden, theirs.hidden, atol=2e-5, rtol=1e-4)
+        assert [len(c) for c in together] == [len(c) for c in alone]
+        feeds = [f[:1] for f in feeds]
+
+
+def test_ragged_forward_refuses_bad_rows(random_target_model):
+    caches = [RollbackCache(random_target_model) for _ in range(2)]
+    with pytest.raises(ValueError, match="2 caches but 1 feeds: give one feed per cache"):
+        run_cached_ragged(random_target_model, caches, [[5]])
+    with pytest.raises(ValueError, match="every row must feed at least one token"):
+        run_cached_ragged(random_target_model, caches, [[5], []])
+
+
+# --- whole requests in lockstep -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def agreeing_draft(random_target_model):
+    return SmallLMDrafter(perturbed_copy(random_target_model, scale=0.1, seed=5))
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_greedy_batch_equals_target_generate_and_the_one_sequence_path(random_target_model, agreeing_draft, k):
+    model, target = random_target_model, Target(random_target_model)
+    prompts = prompts_of_lengths([1, 3, 9, 20, 6, 14], 97, seed=k)
+    config = DecodeConfig(k=k)
+    outputs, traces, batch_sizes = decode_together(agreeing_draft, target, prompts, [config] * 6, range(6), 40)
+    for prompt, output, row_traces in zip(prompts, outputs, traces):
+        reference = model.generate(prompt[None], max_new_tokens=40, do_sample=False, eos_token_id=EOS, pad_token_id=2)
+        assert output == reference[0, len(prompt) :].tolist()
+        _, alone = decode_alone(agreeing_draft, target, prompt, config, 0, 40)
+        assert_same_traces(row_traces, alone)
+    assert batch_sizes[0] == 6 and sum(t.num_accepted for row in traces for t in row) > 0
+
+
+def test_sampled_batch_with_mixed_rules_equals_each_row_alone(random_target_model, agreeing_draft):
+    """Per-row generators, temperatures, lookaheads and early stops: each row's seeded
+    output equals its output decoded alone (whose distribution test_lossless pins)."""
+    target = Target(random_target_model)
+    configs = [
+        DecodeConfig(k=3, sampling=SamplingParams(temperature=1.0)),
+        DecodeConfig(k=2, sampling=SamplingParams(temperature=0.7, top_k=20)),
+        DecodeConfig(k=4),
+        DecodeConfig(k=4, explore_temperature=1.3),
+        DecodeConfig(k=5, sampling=SamplingParams(temperature=1.2, top_p=0.9), draft_confidence=0.3),
+    ]
+    prompts = prompts_of_lengths([4, 1, 12, 7, 30], 97, seed=3)
+    seeds = [11, 12, 13, 14, 15]
+    outputs, traces, _ = decode_together(agreeing_draft, target, prompts, configs, seeds, 32)
+    for prompt, config, seed, output, row_traces in zip(prompts, configs, seeds, outputs, traces):
+        alone_output, alone_traces = decode_alone(agreeing_draft, target, prompt, config, seed, 32)
+        assert output == alone_output
+        assert_same_traces(row_traces, alone_traces)
+
+
+@pytest.mark.parametrize("layers", [(-1,), (1, -1)], ids=str)
+def test_eagle_batch_equals_target_generate(random_target_model, layers):
+    """A drafter without ``propose_batch`` proposes row by row; the target still verifies in one pass."""
+    model = random_target_model
+    target = Target(model, hidden_layers=layers)
+    drafter = EagleDrafter.from_target(target, seed=1)
+    prompts = prompts_of_lengths([2, 11, 5], 97, seed=7)
+    outputs, traces, _ = decode_together(drafter, target, prompts, [DecodeConfig(k=3)] * 3, range(3), 24)
+    for prompt, output, row_traces in zip(prompts, outputs, traces):
+        reference = model.generate(prompt[None], max_new_tokens=24, do_sample=False, eos_token_id=EOS, pad_token_id=2)
+        assert output == reference[0, len(prompt) :].tolist()
+        _, alone = decode_alone(drafter, target, prompt, DecodeConfig(k=3), 0, 24)
+        assert_same_traces(row_traces, alone)
+
+
+def test_target_only_batch_equals_target_generate(random_target_model):
+    model = random_target_model
+    prompts = prompts_of_lengths([1, 8, 3], 97, seed=9)
+    outputs, traces, _ = decode_together(None, Target(model), prompts, [DecodeConfig()] * 3, range(3), 20)
+    for prompt, output, row_traces in zip(prompts, outputs, traces):
+        reference = model.generate(prompt[None], max_new_tokens=20, do_sample=False, eos_token_id=EOS, pad_token_id=2)
+        assert output == reference[0, len(prompt) :].tolist()
+        assert all(t.num_proposed == 0 for t in row_traces)
+
+
+def test_rows_with_different_budgets_match_each_row_alone(random_target_model, agreeing_draft):
+    """Budgets of 1, 2 and 30 tokens: near the end of its budget a row drafts fewer
+    proposals (then none), finishes and leaves, while the others decode exactly as alone."""
+    target = Target(random_target_model)
+    prompts = prompts_of_lengths([5, 5, 5], 97, seed=4)
+    budgets, config = [1, 2, 30], DecodeConfig(k=4)
+    states = [start_decode(target, p, n, [EOS], max_k=4) for p, n in zip(prompts, budgets)]
+    first = speculate_batch(agreeing_draft, target, states, [config] * 3, [None] * 3)
+    assert [t.num_proposed for t in first] == [0, 1, 4]
+    assert states[0].finished
+    while live := [s for s in states if not s.finished]:
+        speculate_batch(agreeing_draft, target, live, [config] * len(live), [None] * len(live))
+    for prompt, budget, state in zip(prompts, budgets, states):
+        alone, _ = decode_alone(agreeing_draft, target, prompt, config, 0, budget)
+        assert state.generated.tolist() == alone
+
+
+# --- the batched draft loop ---------------------------------------------------------------
+
+
+def test_batched_proposals_equal_each_session_alone(random_target_model):
+    drafter = SmallLMDrafter(make_llama(97, 32, 1, seed=11))
+    prompts = prompts_of_lengths([3, 17, 1, 8], 97, seed=5)
+    samplings = [SamplingParams(temperature=1.0), GREEDY, SamplingParams(temperature=0.5), SamplingParams(top_k=5)]
+    ks, confidences = [4, 2, 5, 3], [None, None, 0.2, None]
+    together = drafter.propose_batch(
+        [drafter.start(p) for p in prompts], ks, samplings,
+        [torch.Generator().manual_seed(s) for s in range(4)], confidences,
+    )
+    for row, prompt in enumerate(prompts):
+        alone = drafter.start(prompt).propose(ks[row], samplings[row], torch.Generator().manual_seed(row), confidences[row])
+        assert together[row].tokens.tolist() == alone.tokens.tolist()
+        torch.testing.assert_close(together[row].probs, alone.probs, atol=1e-5, rtol=1e-4)
+
+
+def test_batched_draft_loop_needs_a_proposal_per_row():
+    with pytest.raises(ValueError, match=r"every row needs k >= 1 proposals, got \[2, 0\]"):
+        propose_autoregressively_batched(lambda rows, fed: [], [2, 0], [GREEDY] * 2, [None] * 2, [None] * 2)
