@@ -1,4 +1,6 @@
-"""Serving throughput and latency vs concurrency (1, 4, 16 clients), learning on and off.
+"""Serving throughput and latency vs concurrency (1, 4, 16 clients), learning on and off,
+with batched verify steps (``engine.max_batch=8``) and without (``max_batch=1``: one request
+per forward pass, the baseline), side by side in one run.
 
 Each setting starts ``python -m aurora_rl.serve`` fresh (same world, same draft start),
 replays the same fixed request list through the replay client on loopback, and stops the
@@ -29,26 +31,43 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def table(rows: list[dict]) -> str:
-    head = "| clients | learning | req/s | tokens/s | p50 latency s | p99 latency s | p50 TTFT s | accepted length (first -> last window) | errors | lost |"
+    head = "| clients | learning | max_batch | req/s | tokens/s | p50 latency s | p99 latency s | p50 TTFT s | accepted length (first -> last window) | errors | lost |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         windows = r["windows"]
         tau = f"{windows[0]['accepted_length']:.2f} -> {windows[-1]['accepted_length']:.2f}" if windows else "-"
-        lines.append(f"| {r['clients']} | {r['learning']} | {r['requests_per_second']:.2f} | {r['tokens_per_second']:.0f} | "
+        lines.append(f"| {r['clients']} | {r['learning']} | {r['max_batch']} | {r['requests_per_second']:.2f} | {r['tokens_per_second']:.0f} | "
                      f"{r['latency_seconds']['p50']:.2f} | {r['latency_seconds']['p99']:.2f} | {r['ttft_seconds']['p50']:.2f} | "
                      f"{tau} | {r['errors']} | {r['lost']} |")
     return "\n".join(lines)
 
 
+def speedups(rows: list[dict]) -> str:
+    """Tokens/s of the largest batch over max_batch=1, per clients x learning."""
+    batches = sorted({r["max_batch"] for r in rows})
+    if len(batches) < 2:
+        return ""
+    lines = [f"| clients | learning | tokens/s, max_batch={batches[-1]} / max_batch={batches[0]} | p50 latency ratio |",
+             "|---|---|---|---|"]
+    for clients in sorted({r["clients"] for r in rows}):
+        for learning in ("off", "on"):
+            pick = {r["max_batch"]: r for r in rows if r["clients"] == clients and r["learning"] == learning}
+            if batches[0] in pick and batches[-1] in pick:
+                ours, base = pick[batches[-1]], pick[batches[0]]
+                lines.append(f"| {clients} | {learning} | {ours['tokens_per_second'] / base['tokens_per_second']:.2f}x | "
+                             f"{ours['latency_seconds']['p50'] / base['latency_seconds']['p50']:.2f} |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for learning, style, color in (("on", "o-", "C0"), ("off", "s--", "C1")):
-        sub = [r for r in rows if r["learning"] == learning]
+    settings = sorted({(r["learning"], r["max_batch"]) for r in rows})
+    for index, (learning, batch) in enumerate(settings):
+        sub = [r for r in rows if (r["learning"], r["max_batch"]) == (learning, batch)]
         clients = [r["clients"] for r in sub]
-        left.plot(clients, [r["tokens_per_second"] for r in sub], style, color=color, label=f"learning {learning}")
-        right.plot(clients, [r["latency_seconds"]["p50"] for r in sub], style, color=color, label=f"p50, learning {learning}")
-        right.plot(clients, [r["latency_seconds"]["p99"] for r in sub], style, color=color, alpha=0.4,
-                   label=f"p99, learning {learning}")
+        style, color, name = "o-" if batch > 1 else "s--", f"C{index}", f"learning {learning}, max_batch {batch}"
+        left.plot(clients, [r["tokens_per_second"] for r in sub], style, color=color, label=name)
+        right.plot(clients, [r["latency_seconds"]["p50"] for r in sub], style, color=color, label=f"p50, {name}")
     left.set(xscale="log", xlabel="concurrent clients", ylabel="tokens / s", title="throughput", ylim=(0, None))
     right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="seconds", title="request latency")
     for ax in (left, right):
@@ -67,6 +86,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=48, help="requests per setting (the same list each time)")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--draft", default="pretrained", help="pretrained | scratch")
+    parser.add_argument("--max-batch", default="1,8", help="engine.max_batch values to compare (1 = no batching)")
     parser.add_argument("--out", default="runs/serving_concurrency", help="server logs and snapshots")
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from the last results JSON")
     args = parser.parse_args()
@@ -82,13 +102,16 @@ def main() -> int:
         cfg = ReplayConfig(source=args.world, schedule="mixed", num_requests=args.requests, clients=clients,
                            max_tokens=args.max_tokens, windows=3)  # fmt: skip
         for learning in ("off", "on"):
-            serve_args = [f"world.name={args.world}", f"draft={args.draft}", "torch_threads=1", f"learn={learning == 'on'}"]
-            summary = run_setting(f"c{clients}_learning_{learning}", serve_args, cfg, requests, out_dir)
-            summary.pop("server_rss_mib", None)
-            rows.append({"clients": clients, "learning": learning, **summary})
+            for batch in [int(b) for b in args.max_batch.split(",")]:
+                serve_args = [f"world.name={args.world}", f"draft={args.draft}", "torch_threads=1",
+                              f"learn={learning == 'on'}", f"engine.max_batch={batch}"]  # fmt: skip
+                name = f"c{clients}_learning_{learning}_batch{batch}"
+                summary = run_setting(name, serve_args, cfg, requests, out_dir)
+                summary.pop("server_rss_mib", None)
+                rows.append({"clients": clients, "learning": learning, "max_batch": batch, **summary})
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serving_concurrency.json").write_text(json.dumps(rows, indent=2) + "\n")
-    text = table(rows)
+    text = table(rows) + "\n\n" + speedups(rows)
     (RESULTS / "serving_concurrency.md").write_text(
         f"# Serving vs concurrency ({args.world} world, {args.requests} requests per setting, "
         f"max_tokens {args.max_tokens}, draft {args.draft})\n\n{text}\n\n![throughput and latency](serving_concurrency.png)\n")

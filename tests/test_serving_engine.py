@@ -10,10 +10,11 @@ import torch
 
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.sampling import SamplingParams
-from aurora_rl.core.spec import DecodeConfig
+from aurora_rl.core.spec import DecodeConfig, speculate_batch
 from aurora_rl.core.target import Target
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.serving.chat import PLAIN_STOP, format_chat, plain_transcript
+from aurora_rl.serving import engine as engine_module
 from aurora_rl.serving.config import EngineSection
 from aurora_rl.serving.detokenize import IncrementalDetokenizer
 from aurora_rl.serving.engine import SHUTTING_DOWN, Engine, EngineClosed, EngineFull, GenerationRequest
@@ -51,9 +52,24 @@ def tokens(items):
     return [t for output in items for t in output.token_ids]
 
 
-def test_interleaved_requests_each_equal_decoding_alone(models):
+def spy_on_batched_steps(monkeypatch) -> list[int]:
+    """Record the number of requests of every batched step the engine takes."""
+    sizes = []
+
+    def recording(policy, target, states, configs, generators):
+        sizes.append(len(states))
+        return speculate_batch(policy, target, states, configs, generators)
+
+    monkeypatch.setattr(engine_module, "speculate_batch", recording)
+    return sizes
+
+
+@pytest.mark.parametrize("max_batch", [1, 3])
+def test_interleaved_requests_each_equal_decoding_alone(models, max_batch, monkeypatch):
     target, draft = models
-    engine = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=3, keep_request_traces=16))
+    section = EngineSection(max_active=3, max_batch=max_batch, keep_request_traces=16)
+    engine = Engine(target, draft, DecodeConfig(k=3), [EOS], section)
+    batch_sizes = spy_on_batched_steps(monkeypatch)
     order = []
     engine.add_trace_listener(lambda trace: order.append(trace.request_id))
     requests = [GenerationRequest(f"r{i}", p, 24) for i, p in enumerate(prompts(7))]
@@ -72,12 +88,19 @@ def test_interleaved_requests_each_equal_decoding_alone(models):
         assert stats.verify_steps == len(engine.traces_of(r.request_id))
     switches = sum(a != b for a, b in zip(order, order[1:]))
     assert switches > len(requests) * 2  # round-robin: steps of different requests alternate
+    if max_batch == 1:
+        assert batch_sizes == []
+    else:
+        assert max(batch_sizes) == 3 and min(batch_sizes) >= 2
 
 
-def test_seeded_sampling_equals_decoding_alone_with_the_same_seed(models):
+def test_seeded_sampling_equals_decoding_alone_with_the_same_seed(models, monkeypatch):
+    """Batched with whichever requests happen to be in flight, a seeded request still
+    draws exactly what it draws alone."""
     target, draft = models
     sampling = SamplingParams(temperature=1.0, top_k=20)
     engine = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=4))
+    batch_sizes = spy_on_batched_steps(monkeypatch)
     requests = [GenerationRequest(f"s{i}", p, 20, sampling, seed=100 + i) for i, p in enumerate(prompts(5, seed=1))]
     engine.start()
     try:
@@ -88,6 +111,7 @@ def test_seeded_sampling_equals_decoding_alone_with_the_same_seed(models):
     for r in requests:
         expected = alone.generate(r.prompt_ids, 20, torch.Generator().manual_seed(r.seed)).tokens.tolist()
         assert tokens(collected[r.request_id]) == expected
+    assert max(batch_sizes) == 4
 
 
 def test_a_full_queue_refuses_and_closing_cancels_what_waits(models):
@@ -129,7 +153,13 @@ def test_cancel_stops_a_request_and_a_failing_step_fails_only_its_request(models
             raise RuntimeError("simulated kernel failure")
         return original(self, state, generator)
 
+    def batched_step(policy, target, states, configs, generators):  # fails the batch boom is in
+        if any(state.request_id == "boom" and state.steps == 1 for state in states):
+            raise RuntimeError("simulated kernel failure")
+        return speculate_batch(policy, target, states, configs, generators)
+
     monkeypatch.setattr(SpeculativeDecoder, "step", step)
+    monkeypatch.setattr(engine_module, "speculate_batch", batched_step)
     engine.add_trace_listener(lambda trace: 1 / 0)  # a broken listener must not stop decoding either
     cancelled_q, stopped_q, boom_q, fine_q = queue.Queue(), queue.Queue(), queue.Queue(), queue.Queue()
     handle = engine.submit(GenerationRequest("cancelled", (5, 6, 7), 200), cancelled_q.put)
@@ -153,6 +183,9 @@ def test_cancel_stops_a_request_and_a_failing_step_fails_only_its_request(models
     assert outputs["boom"][-1].stats.finish_reason == "error"
     assert outputs["boom"][-1].error == "decoding failed: RuntimeError: simulated kernel failure"
     assert outputs["fine"][-1].stats.finish_reason in ("eos", "length") and outputs["fine"][-1].error is None
+    # "fine" shared the failed batched step with "boom"; retried alone, it lost nothing
+    expected = SpeculativeDecoder(target, draft, DecodeConfig(k=2), [EOS]).generate((8, 9), 32).tokens.tolist()
+    assert tokens(outputs["fine"]) == expected
 
 
 def test_a_mismatched_draft_is_refused_at_construction(models):

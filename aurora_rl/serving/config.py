@@ -50,12 +50,13 @@ class ServerSection:
 
 @dataclass
 class EngineSection:
-    max_active: int = _help("requests decoded concurrently (interleaved one verify step at a time)", 16)
+    max_active: int = _help("requests decoded concurrently (advanced round-robin, one verify step at a time)", 16)
+    max_batch: int = _help("requests advanced together in one batched verify step (1 = one request per forward pass)", 8)
     max_queue: int = _help("requests waiting for a decode slot; a full queue answers 429", 64)
     keep_request_traces: int = _help("keep the traces of the last N requests for inspection (tests, debugging; 0 = none)", 0)
 
     def __post_init__(self) -> None:
-        for name in ("max_active", "max_queue"):
+        for name in ("max_active", "max_queue", "max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"engine.{name}={getattr(self, name)} must be >= 1")
         if self.keep_request_traces < 0:

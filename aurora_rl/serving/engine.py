@@ -1,13 +1,13 @@
 """The decode engine: a bounded request queue and one worker thread that owns the target.
 
 Scheduling is continuous batching at step granularity: the worker keeps up to
-``max_active`` requests in flight and advances them round-robin, one verify step each
-(``SpeculativeDecoder.step``), admitting queued requests as slots free up. A new request
-starts within one round of steps and a long one never holds the target for more than one
-step at a time. Steps are not fused into one tensor batch: each sequence accepts a
-different number of tokens per step and rolls back its own cache, and at these model sizes
-on CPU the per-step cost is dominated by work a ragged batch would not share (see
-docs/serving.md).
+``max_active`` requests in flight and advances them round-robin, up to ``max_batch`` at a
+time in one batched speculative step (``core.spec.speculate_batch``: the draft proposes
+for all of them round by round, the target verifies all of them in one ragged forward),
+admitting queued requests as slots free up. A new request starts within one round of
+steps and a long one never holds the target for more than one step at a time. Each row
+keeps its own cache, decoding rule and generator, so a request's output does not depend
+on who it was batched with.
 
 Every step's trace goes to the trace listeners (learner buffer, rollback monitor, metrics)
 and its emitted tokens to the request's sink. The decoders read the live draft once per
@@ -31,7 +31,7 @@ import torch
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.sampling import GREEDY, SamplingParams
-from aurora_rl.core.spec import DecodeConfig, DecodeState
+from aurora_rl.core.spec import DecodeConfig, DecodeState, speculate_batch
 from aurora_rl.core.target import Target
 from aurora_rl.core.trace import Trace
 from aurora_rl.serving.config import EngineSection
@@ -184,6 +184,7 @@ class Engine:
         SpeculativeDecoder(target, policy, decode, self.eos_token_ids)  # fail fast on a mismatched draft
         self._waiting: queue.Queue[_Sequence] = queue.Queue(maxsize=config.max_queue)
         self._active: deque[_Sequence] = deque()
+        self._stepping: list[_Sequence] = []  # taken out of _active for the step in progress
         self._trace_listeners: list[Callable[[Trace], None]] = []
         self._finish_listeners: list[Callable[[RequestStats], None]] = []
         self._kept: OrderedDict[str, list[Trace]] = OrderedDict()
@@ -221,7 +222,7 @@ class Engine:
     @property
     def num_active(self) -> int:
         """Requests being decoded."""
-        return len(self._active)
+        return len(self._active) + len(self._stepping)
 
     @property
     def running(self) -> bool:
@@ -270,7 +271,7 @@ class Engine:
         with self._submit_lock:
             self._accepting = False
         deadline = time.monotonic() + drain_seconds
-        while self.running and (self._active or not self._waiting.empty()) and time.monotonic() < deadline:
+        while self.running and (self.num_active or not self._waiting.empty()) and time.monotonic() < deadline:
             time.sleep(0.01)
         self._stop.set()
         if self._thread is not None:
@@ -284,9 +285,12 @@ class Engine:
             self._admit()
             if not self._active:
                 continue
-            sequence = self._active.popleft()
-            if self._step(sequence):
-                self._active.append(sequence)
+            # Listed as stepping before they leave _active, so close() never sees them in neither.
+            self._stepping = list(itertools.islice(self._active, self.config.max_batch))
+            for _ in self._stepping:
+                self._active.popleft()
+            self._active.extend(self._advance(self._stepping))
+            self._stepping = []
         self._cancel_all()
 
     def _admit(self) -> None:
@@ -317,8 +321,53 @@ class Engine:
             return False
         return True
 
+    def _advance(self, batch: list[_Sequence]) -> list[_Sequence]:
+        """One verify step of every sequence in ``batch``, in one batched step when there
+        are several; returns those still in flight."""
+        live = []
+        for sequence in batch:
+            if sequence.cancel_requested.is_set():
+                self._cancelled(sequence)
+            else:
+                live.append(sequence)
+        if len(live) <= 1:
+            return [sequence for sequence in live if self._step(sequence)]
+        steps_before = [sequence.state.steps for sequence in live]
+        try:
+            policy = live[0].decoder.current_policy()  # one version for the whole step
+            traces = speculate_batch(
+                policy,
+                self.target,
+                [sequence.state for sequence in live],
+                [sequence.decoder.config for sequence in live],
+                [sequence.generator for sequence in live],
+            )
+        except Exception as error:
+            logger.exception("a batched step of %d requests failed; stepping them one by one", len(live))
+            return self._isolate(live, steps_before, error)
+        return [sequence for sequence, trace in zip(live, traces) if self._deliver(sequence, trace)]
+
+    def _isolate(self, live: list[_Sequence], steps_before: list[int], error: Exception) -> list[_Sequence]:
+        """After a failed batched step, retry each request alone so a bad one fails only itself.
+
+        A request the failed step already advanced lost that step's output, so it fails too;
+        the others are put back exactly where they were (target cache cut to the kept tokens,
+        a fresh draft session) and stepped one at a time.
+        """
+        still_live = []
+        for sequence, before in zip(live, steps_before):
+            state = sequence.state
+            if state.steps != before:
+                self._finish(sequence, "error", f"decoding failed: {type(error).__name__}: {error}")
+                continue
+            state.target_cache.rollback(min(len(state.target_cache), state.length - 1))
+            state.session = None
+            if self._step(sequence):
+                still_live.append(sequence)
+        return still_live
+
     def _step(self, sequence: _Sequence) -> bool:
-        """One verify step of ``sequence``; returns whether it is still in flight."""
+        """One verify step of ``sequence`` alone; returns whether it is still in flight."""
         if sequence.cancel_requested.is_set():
             self._cancelled(sequence)
             return False
@@ -328,6 +377,11 @@ class Engine:
             logger.exception("decoding request %s failed", sequence.request.request_id)
             self._finish(sequence, "error", f"decoding failed: {type(error).__name__}: {error}")
             return False
+        return self._deliver(sequence, trace)
+
+    def _deliver(self, sequence: _Sequence, trace: Trace) -> bool:
+        """Hand a step's trace to the listeners and its tokens to the request's sink;
+        returns whether the request is still in flight."""
         sequence.first_token = sequence.first_token or time.perf_counter()
         sequence.proposed += trace.num_proposed
         sequence.accepted += trace.num_accepted
