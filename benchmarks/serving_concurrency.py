@@ -5,10 +5,10 @@ per forward pass, the baseline), side by side in one run.
 Each setting starts ``python -m aurora_rl.serve`` fresh (same world, same draft start),
 replays the same fixed request list through the replay client on loopback, and stops the
 server (see serving_load.py, whose ``run_setting`` this reuses). Prints one table and writes
-``benchmarks/results/serving_concurrency.{json,md,png}``.
+``benchmarks/results/serving_concurrency_<world>.{json,md,png}``.
 
     python benchmarks/serving_concurrency.py                         # tiny world, 48 requests per setting
-    python benchmarks/serving_concurrency.py --clients 1,4,16 --requests 96 --world default
+    python benchmarks/serving_concurrency.py --world default --clients 1,8 --requests 32
 """
 
 from __future__ import annotations
@@ -90,8 +90,9 @@ def main() -> int:
     parser.add_argument("--out", default="runs/serving_concurrency", help="server logs and snapshots")
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from the last results JSON")
     args = parser.parse_args()
+    stem = f"serving_concurrency_{args.world}"
     if args.plot_only:
-        plot(json.loads((RESULTS / "serving_concurrency.json").read_text()), RESULTS / "serving_concurrency.png")
+        plot(json.loads((RESULTS / f"{stem}.json").read_text()), RESULTS / f"{stem}.png")
         return 0
 
     out_dir = Path(args.out)
@@ -110,14 +111,14 @@ def main() -> int:
                 summary.pop("server_rss_mib", None)
                 rows.append({"clients": clients, "learning": learning, "max_batch": batch, **summary})
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serving_concurrency.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
     text = table(rows) + "\n\n" + speedups(rows)
-    (RESULTS / "serving_concurrency.md").write_text(
+    (RESULTS / f"{stem}.md").write_text(
         f"# Serving vs concurrency ({args.world} world, {args.requests} requests per setting, "
-        f"max_tokens {args.max_tokens}, draft {args.draft})\n\n{text}\n\n![throughput and latency](serving_concurrency.png)\n")
-    plot(rows, RESULTS / "serving_concurrency.png")
+        f"max_tokens {args.max_tokens}, draft {args.draft})\n\n{text}\n\n![throughput and latency]({stem}.png)\n")
+    plot(rows, RESULTS / f"{stem}.png")
     print("\n" + text)
-    print(f"\nwrote {RESULTS}/serving_concurrency.{{json,md,png}}")
+    print(f"\nwrote {RESULTS}/{stem}.{{json,md,png}}")
     return 1 if any(r["errors"] or r["lost"] for r in rows) else 0
 
 

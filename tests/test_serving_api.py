@@ -175,6 +175,7 @@ def test_models_health_and_metrics(server, client, url):
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     assert delta("aurora_draft_steps_total") == spec["verify_steps"]
+    assert delta("aurora_verify_forwards_total") == spec["verify_steps"]  # alone: one forward per step
     assert delta("aurora_draft_tokens_total") == spec["proposed_tokens"]
     assert delta("aurora_accepted_tokens_total") == spec["accepted_tokens"]
     assert delta("aurora_generated_tokens_total") == response.usage.completion_tokens

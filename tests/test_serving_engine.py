@@ -88,10 +88,12 @@ def test_interleaved_requests_each_equal_decoding_alone(models, max_batch, monke
         assert stats.verify_steps == len(engine.traces_of(r.request_id))
     switches = sum(a != b for a, b in zip(order, order[1:]))
     assert switches > len(requests) * 2  # round-robin: steps of different requests alternate
+    total_steps = sum(len(engine.traces_of(r.request_id)) for r in requests)
     if max_batch == 1:
-        assert batch_sizes == []
+        assert batch_sizes == [] and engine.verify_forwards == total_steps
     else:
         assert max(batch_sizes) == 3 and min(batch_sizes) >= 2
+        assert engine.verify_forwards < total_steps / 2  # most steps shared a forward pass
 
 
 def test_seeded_sampling_equals_decoding_alone_with_the_same_seed(models, monkeypatch):

@@ -185,6 +185,7 @@ class Engine:
         self._waiting: queue.Queue[_Sequence] = queue.Queue(maxsize=config.max_queue)
         self._active: deque[_Sequence] = deque()
         self._stepping: list[_Sequence] = []  # taken out of _active for the step in progress
+        self.verify_forwards = 0  # target verify passes; each advances one or a batch of requests
         self._trace_listeners: list[Callable[[Trace], None]] = []
         self._finish_listeners: list[Callable[[RequestStats], None]] = []
         self._kept: OrderedDict[str, list[Trace]] = OrderedDict()
@@ -330,6 +331,8 @@ class Engine:
                 self._cancelled(sequence)
             else:
                 live.append(sequence)
+        if live:
+            self.verify_forwards += 1
         if len(live) <= 1:
             return [sequence for sequence in live if self._step(sequence)]
         steps_before = [sequence.state.steps for sequence in live]

@@ -45,7 +45,8 @@ class ServingMetrics:
                                      ["endpoint", "code"], registry=r)  # fmt: skip
         self.requests = Counter("aurora_requests", "Generation requests finished, by finish reason (eos, length, cancelled, error)",
                                 ["finish_reason"], registry=r)  # fmt: skip
-        self.steps = Counter("aurora_draft_steps", "Verify steps (one target forward each)", registry=r)
+        self.steps = Counter("aurora_draft_steps", "Verify steps, one per request per step (a batched step verifies "
+                             "several requests in one target forward: see aurora_verify_forwards)", registry=r)  # fmt: skip
         self.draft_tokens = Counter("aurora_draft_tokens", "Tokens proposed by the draft", registry=r)
         self.accepted_tokens = Counter("aurora_accepted_tokens", "Proposed tokens the target accepted", registry=r)
         self.generated_tokens = Counter("aurora_generated_tokens", "Tokens emitted (accepted + the target's own)", registry=r)
@@ -101,6 +102,8 @@ class _StateCollector(Collector):
                                   value=self.live.rollbacks)  # fmt: skip
         yield GaugeMetricFamily("aurora_queue_depth", "Requests waiting for a decode slot", value=self.engine.queue_depth)
         yield GaugeMetricFamily("aurora_active_requests", "Requests being decoded", value=self.engine.num_active)
+        yield CounterMetricFamily("aurora_verify_forwards", "Target verify forward passes; aurora_draft_steps_total / "
+                                  "this = requests per batched step", value=self.engine.verify_forwards)  # fmt: skip
         follower = self.follower
         if follower is not None:
             yield CounterMetricFamily("aurora_follow_loaded", "Versions loaded from the followed snapshot directory",
