@@ -7,9 +7,10 @@ with mixed decoding rules per row, and with rows finishing at different steps.
 
 import pytest
 import torch
+import transformers
 
 from aurora_rl.core.draft import propose_autoregressively_batched
-from aurora_rl.core.ragged import run_cached_ragged
+from aurora_rl.core.ragged import batchable, run_cached_ragged
 from aurora_rl.core.sampling import GREEDY, SamplingParams
 from aurora_rl.core.spec import DecodeConfig, speculate_batch, speculate_step, start_decode
 from aurora_rl.core.target import RollbackCache, Target, run_cached
@@ -79,6 +80,62 @@ def test_ragged_forward_equals_one_forward_per_row(random_target_model):
             torch.testing.assert_close(ours.hidden, theirs.hidden, atol=2e-5, rtol=1e-4)
         assert [len(c) for c in together] == [len(c) for c in alone]
         feeds = [f[:1] for f in feeds]
+
+
+ARCHITECTURES = {  # absolute positions (GPT-2, OPT), rotary with GQA and biases (Qwen2), parallel blocks (NeoX)
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                                            bos_token_id=0, eos_token_id=EOS),  # fmt: skip
+    "opt": lambda: transformers.OPTConfig(vocab_size=97, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                          num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=128),  # fmt: skip
+    "qwen2": lambda: transformers.Qwen2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                              num_attention_heads=2, num_key_value_heads=1),  # fmt: skip
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(vocab_size=97, hidden_size=32, intermediate_size=64,
+                                                   num_hidden_layers=2, num_attention_heads=2),  # fmt: skip
+}
+
+
+def model_from(config):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_ragged_forward_works_across_architectures(name):
+    model = model_from(ARCHITECTURES[name]())
+    prompts = prompts_of_lengths([1, 5, 20, 12], 97, seed=0)
+    feeds = prompts_of_lengths([3, 1, 5, 2], 97, seed=1)
+    alone, together = [RollbackCache(model) for _ in prompts], [RollbackCache(model) for _ in prompts]
+    for cache, prompt in zip(alone + together, prompts + prompts):
+        run_cached(model, cache, prompt)
+    assert batchable(together)
+    expected = [run_cached(model, c, f) for c, f in zip(alone, feeds)]
+    for ours, theirs in zip(run_cached_ragged(model, together, feeds), expected):
+        torch.testing.assert_close(ours.logits, theirs.logits, atol=2e-5, rtol=1e-4)
+
+
+SLIDING = {  # every layer windowed (Mistral); windowed and full layers alternating (Gemma 2)
+    "mistral": lambda: transformers.MistralConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                  num_attention_heads=2, num_key_value_heads=1, sliding_window=8),  # fmt: skip
+    "gemma2": lambda: transformers.Gemma2Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                                sliding_window=8),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("name", SLIDING)
+def test_sliding_window_targets_roll_back_past_the_window_and_stay_lossless(name):
+    """Sliding-window caches are not plain per-position K/V: they are verified row by row,
+    and rolling back after the window is full needs past recording (RollbackCache)."""
+    model = model_from(SLIDING[name]())
+    target = Target(model)
+    assert not batchable([target.new_cache()])
+    prompts = prompts_of_lengths([3, 14], 97, seed=2)
+    draft = SmallLMDrafter(make_llama(97, 32, 1, seed=11))
+    outputs, _, _ = decode_together(draft, target, prompts, [DecodeConfig(k=3)] * 2, range(2), 20)
+    for prompt, output in zip(prompts, outputs):
+        reference = model.generate(prompt[None], max_new_tokens=20, do_sample=False, eos_token_id=EOS, pad_token_id=2)
+        assert output == reference[0, len(prompt) :].tolist()
 
 
 def test_ragged_forward_refuses_bad_rows(random_target_model):

@@ -24,6 +24,9 @@ class RollbackCache:
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.kv = DynamicCache(config=model.config)
+        # Sliding-window layers otherwise drop what falls out of the window at every update,
+        # and then cannot roll back past it; recording keeps it until the next rollback.
+        self.kv.activate_past_recording()
 
     def __len__(self) -> int:
         return self.kv.get_seq_length()
@@ -32,10 +35,10 @@ class RollbackCache:
         current = len(self)
         if not 0 <= length <= current:
             raise ValueError(f"cannot roll a cache of length {current} back to {length}")
-        if length < current:
-            # A negative argument removes that many entries; it means the same in
-            # transformers 4.x and 5.x (5.x refuses positive arguments).
-            self.kv.crop(length - current)
+        # A negative argument removes that many entries (transformers 5.x refuses positive
+        # ones). Even crop(0) matters: it trims recording sliding-window layers back to
+        # their window; full-attention layers ignore it.
+        self.kv.crop(length - current)
 
 
 @dataclass
