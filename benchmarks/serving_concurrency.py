@@ -9,6 +9,7 @@ server (see serving_load.py, whose ``run_setting`` this reuses). Prints one tabl
 
     python benchmarks/serving_concurrency.py                         # tiny world, 48 requests per setting
     python benchmarks/serving_concurrency.py --world default --clients 1,8 --requests 32
+    python benchmarks/serving_concurrency.py --clients 1,8 --learning off --serve-arg drafter.kind=eagle --tag eagle
 """
 
 from __future__ import annotations
@@ -87,10 +88,13 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--draft", default="pretrained", help="pretrained | scratch")
     parser.add_argument("--max-batch", default="1,8", help="engine.max_batch values to compare (1 = no batching)")
+    parser.add_argument("--learning", default="off,on", help="learning settings to run")
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra key=value for the server (repeatable)")
+    parser.add_argument("--tag", default="", help="suffix of the results' file names (e.g. eagle)")
     parser.add_argument("--out", default="runs/serving_concurrency", help="server logs and snapshots")
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from the last results JSON")
     args = parser.parse_args()
-    stem = f"serving_concurrency_{args.world}"
+    stem = f"serving_concurrency_{args.world}" + (f"_{args.tag}" if args.tag else "")
     if args.plot_only:
         plot(json.loads((RESULTS / f"{stem}.json").read_text()), RESULTS / f"{stem}.png")
         return 0
@@ -102,10 +106,10 @@ def main() -> int:
     for clients in [int(c) for c in args.clients.split(",")]:
         cfg = ReplayConfig(source=args.world, schedule="mixed", num_requests=args.requests, clients=clients,
                            max_tokens=args.max_tokens, windows=3)  # fmt: skip
-        for learning in ("off", "on"):
+        for learning in args.learning.split(","):
             for batch in [int(b) for b in args.max_batch.split(",")]:
                 serve_args = [f"world.name={args.world}", f"draft={args.draft}", "torch_threads=1",
-                              f"learn={learning == 'on'}", f"engine.max_batch={batch}"]  # fmt: skip
+                              f"learn={learning == 'on'}", f"engine.max_batch={batch}", *args.serve_arg]  # fmt: skip
                 name = f"c{clients}_learning_{learning}_batch{batch}"
                 summary = run_setting(name, serve_args, cfg, requests, out_dir)
                 summary.pop("server_rss_mib", None)
@@ -115,7 +119,7 @@ def main() -> int:
     text = table(rows) + "\n\n" + speedups(rows)
     (RESULTS / f"{stem}.md").write_text(
         f"# Serving vs concurrency ({args.world} world, {args.requests} requests per setting, "
-        f"max_tokens {args.max_tokens}, draft {args.draft})\n\n{text}\n\n![throughput and latency]({stem}.png)\n")
+        f"max_tokens {args.max_tokens}, draft {args.draft}{', ' + ' '.join(args.serve_arg) if args.serve_arg else ''})\n\n{text}\n\n![throughput and latency]({stem}.png)\n")
     plot(rows, RESULTS / f"{stem}.png")
     print("\n" + text)
     print(f"\nwrote {RESULTS}/{stem}.{{json,md,png}}")

@@ -190,7 +190,7 @@ def test_sampled_batch_with_mixed_rules_equals_each_row_alone(random_target_mode
 
 @pytest.mark.parametrize("layers", [(-1,), (1, -1)], ids=str)
 def test_eagle_batch_equals_target_generate(random_target_model, layers):
-    """A drafter without ``propose_batch`` proposes row by row; the target still verifies in one pass."""
+    """The EAGLE head drafts for all rows per round from each row's own features."""
     model = random_target_model
     target = Target(model, hidden_layers=layers)
     drafter = EagleDrafter.from_target(target, seed=1)
@@ -233,17 +233,30 @@ def test_rows_with_different_budgets_match_each_row_alone(random_target_model, a
 # --- the batched draft loop ---------------------------------------------------------------
 
 
-def test_batched_proposals_equal_each_session_alone(random_target_model):
-    drafter = SmallLMDrafter(make_llama(97, 32, 1, seed=11))
+@pytest.mark.parametrize("kind", ["small_lm", "eagle"])
+def test_batched_proposals_equal_each_session_alone(random_target_model, kind):
     prompts = prompts_of_lengths([3, 17, 1, 8], 97, seed=5)
+    if kind == "small_lm":
+        drafter = SmallLMDrafter(make_llama(97, 32, 1, seed=11))
+        start = lambda prompt: drafter.start(prompt)  # noqa: E731
+    else:
+        target = Target(random_target_model, hidden_layers=(-1,))
+        drafter = EagleDrafter.from_target(target, seed=3)
+
+        def start(prompt):
+            features = target.forward(target.new_cache(), prompt[:-1]).hidden if len(prompt) > 1 else torch.zeros(0, 64)
+            return drafter.start(prompt, features)
+
     samplings = [SamplingParams(temperature=1.0), GREEDY, SamplingParams(temperature=0.5), SamplingParams(top_k=5)]
     ks, confidences = [4, 2, 5, 3], [None, None, 0.2, None]
-    together = drafter.propose_batch(
-        [drafter.start(p) for p in prompts], ks, samplings,
-        [torch.Generator().manual_seed(s) for s in range(4)], confidences,
-    )
+    sessions = [start(p) for p in prompts]
+    generators = [torch.Generator().manual_seed(s) for s in range(4)]
+    for _ in range(2):  # proposing twice without a verdict redrafts from the same place
+        together = drafter.propose_batch(sessions, ks, samplings, generators, confidences)
     for row, prompt in enumerate(prompts):
-        alone = drafter.start(prompt).propose(ks[row], samplings[row], torch.Generator().manual_seed(row), confidences[row])
+        session, generator = start(prompt), torch.Generator().manual_seed(row)
+        for _ in range(2):
+            alone = session.propose(ks[row], samplings[row], generator, confidences[row])
         assert together[row].tokens.tolist() == alone.tokens.tolist()
         torch.testing.assert_close(together[row].probs, alone.probs, atol=1e-5, rtol=1e-4)
 

@@ -26,11 +26,11 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import Proposal, propose_autoregressively
+from aurora_rl.core.draft import Proposal, propose_autoregressively, propose_autoregressively_batched
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import Target
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
-from aurora_rl.policies.eagle_layer import EagleConfig, EagleHead, KVCache
+from aurora_rl.policies.eagle_layer import EagleConfig, EagleHead, KVCache, stack_caches
 
 
 def _normalised_layers(layers: Sequence[int], num_states: int) -> tuple[int, ...]:
@@ -80,6 +80,15 @@ class EagleSession:
         self.fed = len(self.tokens)
         self._pending = self._pending[:0]
 
+    def ready_to_draft(self) -> tuple[torch.Tensor, int]:
+        """Drop the last draft's entries, feed the pending true pairs, and return the output
+        to draft from and the position of the first proposal."""
+        self.cache.rollback(self.fed)  # proposing twice without a verdict redrafts
+        if len(self._pending):
+            self._feed_true()
+        assert self._last is not None, "a session always has a fed token to draft from"
+        return self._last, len(self.tokens)
+
     def propose(
         self,
         k: int,
@@ -89,11 +98,7 @@ class EagleSession:
     ) -> Proposal:
         head = self.model.head
         with torch.inference_mode():
-            self.cache.rollback(self.fed)  # proposing twice without a verdict redrafts
-            if len(self._pending):
-                self._feed_true()
-            assert self._last is not None, "a session always has a fed token to draft from"
-            out, position = self._last, len(self.tokens)
+            out, position = self.ready_to_draft()
 
             def next_logits(token: int | None) -> torch.Tensor:
                 nonlocal out, position
@@ -104,8 +109,12 @@ class EagleSession:
                 return self.model.logits(out)
 
             proposal = propose_autoregressively(next_logits, k, sampling, generator, min_confidence)
-        self._proposed = proposal.tokens.tolist()
+        self.expect_verdict_on(proposal)
         return proposal
+
+    def expect_verdict_on(self, proposal: Proposal) -> None:
+        """Remember the proposal the next ``commit`` judges."""
+        self._proposed = proposal.tokens.tolist()
 
     def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
         if target_hidden is None or target_hidden.shape != (num_accepted + 1, self._pending.shape[-1]):
@@ -302,6 +311,39 @@ class EagleDrafter:
                 f"the {expected[0]} processed context positions, shape {expected}; got {got}"
             )
         return EagleSession(self.model, context_ids, target_hidden)
+
+    def propose_batch(
+        self,
+        sessions: Sequence[EagleSession],
+        ks: Sequence[int],
+        samplings: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None],
+        min_confidences: Sequence[float | None],
+    ) -> list[Proposal]:
+        """Proposals for many sequences: each feeds its pending true pairs alone (ragged
+        lengths), then every draft round runs the head once for all rows still drafting.
+        Under a seed each row's proposal equals ``sessions[row].propose(...)`` alone."""
+        head = self.head
+        with torch.inference_mode():
+            outs, positions = map(list, zip(*(session.ready_to_draft() for session in sessions)))
+
+            def next_logits(rows: list[int], fed: list[int] | None) -> list[torch.Tensor]:
+                if fed is not None:  # one head step: each row's own cache, position, output and token
+                    stacked, key_mask = stack_caches([sessions[row].cache for row in rows])
+                    ids = torch.tensor(fed)[:, None]
+                    at = torch.tensor([[positions[row]] for row in rows])
+                    previous = torch.stack([outs[row] for row in rows])[:, None]
+                    key_mask = F.pad(key_mask, (0, 1), value=True)
+                    new = head(self.model.embed(ids), previous, at, stacked, key_mask)[:, 0]
+                    for index, row in enumerate(rows):
+                        sessions[row].cache.extend(stacked.keys[index : index + 1, :, -1:], stacked.values[index : index + 1, :, -1:])
+                        outs[row], positions[row] = new[index], positions[row] + 1
+                return list(self.model.logits(torch.stack([outs[row] for row in rows])))
+
+            proposals = propose_autoregressively_batched(next_logits, ks, samplings, generators, min_confidences)
+        for session, proposal in zip(sessions, proposals):
+            session.expect_verdict_on(proposal)
+        return proposals
 
     def proposal_logits(self, batch: TraceBatch) -> torch.Tensor:
         """``(B, k, V)`` draft logits at every proposal position, with gradients (see

@@ -82,6 +82,25 @@ class KVCache:
             self.values = self.values[:, :, :length]
 
 
+def stack_caches(caches: list[KVCache]) -> tuple[KVCache, torch.Tensor]:
+    """One ``(B, H, T, head_dim)`` cache of several sequences' caches, each left-padded to
+    the longest, and the ``(B, T)`` mask of their real entries (for ragged batched steps).
+    Every cache must hold at least one entry."""
+    width = max(len(cache) for cache in caches)
+    reference = caches[0].keys
+    keys = reference.new_zeros(len(caches), reference.shape[1], width, reference.shape[3])
+    values = torch.zeros_like(keys)
+    mask = torch.zeros(len(caches), width, dtype=torch.bool, device=reference.device)
+    for row, cache in enumerate(caches):
+        length = len(cache)
+        keys[row, :, width - length :] = cache.keys[0]
+        values[row, :, width - length :] = cache.values[0]
+        mask[row, width - length :] = True
+    stacked = KVCache()
+    stacked.extend(keys, values)
+    return stacked, mask
+
+
 def attention_mask(past: int, new: int, key_mask: torch.Tensor | None) -> torch.Tensor | None:
     """Which keys each new query may read: ``(B or 1, 1, new, past + new)`` bool, or None.
 

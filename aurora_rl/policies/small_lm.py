@@ -39,12 +39,18 @@ class SmallLMSession:
     ) -> Proposal:
         def next_logits(token: int | None) -> torch.Tensor:
             # first: the committed tokens the cache has not seen yet; then each proposal
-            feed = self.tokens[len(self.cache) :] if token is None else [token]
+            feed = self.ready_to_draft() if token is None else [token]
             return run_cached(self.model, self.cache, feed).logits[-1]
 
         proposal = propose_autoregressively(next_logits, k, sampling, generator, min_confidence)
         self.expect_verdict_on(proposal)
         return proposal
+
+    def ready_to_draft(self) -> list[int]:
+        """Drop a previous draft's entries (proposing twice without a verdict redrafts) and
+        return the committed tokens the cache has not seen yet (at least the last one)."""
+        self.cache.rollback(min(len(self.cache), len(self.tokens) - 1))
+        return self.tokens[len(self.cache) :]
 
     def expect_verdict_on(self, proposal: Proposal) -> None:
         """Remember the proposal the next ``commit`` judges."""
@@ -150,7 +156,7 @@ class SmallLMDrafter:
 
         def next_logits(rows: list[int], fed: list[int] | None) -> list[torch.Tensor]:
             picked = [sessions[row] for row in rows]
-            feeds = [s.tokens[len(s.cache) :] for s in picked] if fed is None else [[t] for t in fed]
+            feeds = [s.ready_to_draft() for s in picked] if fed is None else [[t] for t in fed]
             scored = run_cached_ragged(self.model, [s.cache for s in picked], feeds)
             return [out.logits[-1] for out in scored]
 
