@@ -138,6 +138,26 @@ def test_sliding_window_targets_roll_back_past_the_window_and_stay_lossless(name
         assert output == reference[0, len(prompt) :].tolist()
 
 
+def test_rows_near_the_end_of_learned_position_embeddings(random_target_model):
+    """GPT-2 knows 32 positions. A row about to reach the 32nd, batched with rows that feed
+    more tokens (a fresh draft session catching up on a whole prompt, a wider verify), must
+    not be handed padding positions past its own end."""
+    make = lambda seed: transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=2, n_positions=32,  # noqa: E731
+                                                bos_token_id=0, eos_token_id=EOS)  # fmt: skip
+    target_model, draft_model = model_from(make(0)), model_from(make(1))
+    target, draft = Target(target_model), SmallLMDrafter(draft_model)
+    prompts = prompts_of_lengths([29, 3, 12], 97, seed=8)
+    budgets = [3, 20, 16]
+    states = [start_decode(target, p, n, [EOS], max_k=4) for p, n in zip(prompts, budgets)]
+    config = DecodeConfig(k=4)
+    while live := [s for s in states if not s.finished]:
+        speculate_batch(draft, target, live, [config] * len(live), [None] * len(live))
+    for prompt, budget, state in zip(prompts, budgets, states):
+        reference = target_model.generate(prompt[None], max_new_tokens=budget, do_sample=False, eos_token_id=EOS,
+                                          pad_token_id=2)  # fmt: skip
+        assert state.generated.tolist() == reference[0, len(prompt) :].tolist()
+
+
 def test_ragged_forward_refuses_bad_rows(random_target_model):
     caches = [RollbackCache(random_target_model) for _ in range(2)]
     with pytest.raises(ValueError, match="2 caches but 1 feeds: give one feed per cache"):

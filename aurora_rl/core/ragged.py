@@ -8,13 +8,15 @@ different number of new tokens (its pending token plus however many proposals it
 - the new tokens are right-padded to the widest feed;
 - a 2-D attention mask hides every padding column, and explicit position ids give each
   row's new tokens the positions they would have alone (so rotary / absolute position
-  embeddings see exactly what the one-sequence path sees);
+  embeddings see what the one-sequence path sees; padding repeats the row's last position);
 - afterwards each row's *real* new K/V columns are appended to its own cache.
 
 The per-row caches stay the source of truth, so rows can join, leave and roll back
 independently between steps. Per row the result equals :func:`run_cached` up to float
 reassociation in the batched matmuls (about 1e-6 on float32 logits; see
-``tests/core/test_ragged.py``).
+``tests/test_batched_decode.py``). A near-tie can therefore, rarely, resolve differently
+than alone -- still the target's own output up to that float noise, exactly as a different
+batch size would in any serving stack.
 """
 
 from __future__ import annotations
@@ -82,7 +84,10 @@ def run_cached_ragged(
     for b, (feed, past) in enumerate(zip(feeds, past_lengths)):
         input_ids[b, : feed.numel()] = feed
         mask[b, past_width - past : past_width + feed.numel()] = 1
-    positions = torch.tensor(past_lengths)[:, None] + torch.arange(new_width)[None, :]
+    # Padding columns repeat their row's last real position: nothing reads their outputs,
+    # and a position past the row's own end could overflow learned position embeddings.
+    columns = torch.minimum(torch.arange(new_width)[None, :], torch.tensor(new_lengths)[:, None] - 1)
+    positions = torch.tensor(past_lengths)[:, None] + columns
 
     stacked = None
     if past_width:

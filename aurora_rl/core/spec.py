@@ -351,9 +351,13 @@ def speculate_batch(
     The draft proposes for all rows together (round by round, when the policy is a
     :class:`BatchProposer`) and the target verifies every row in one ragged forward
     (:func:`~aurora_rl.core.ragged.run_cached_ragged`). Each row keeps its own decoding
-    rule, generator and cache, so row ``i`` advances exactly as
+    rule, generator and cache, so row ``i`` advances as
     ``speculate_step(policy, target, states[i], configs[i], generators[i])`` would, and
-    its trace equals that step's (the equivalence tests pin this, greedy and sampled).
+    its trace equals that step's, up to float reassociation in the batched forwards (the
+    equivalence tests pin this, greedy and sampled; see ``core/ragged.py``).
+
+    Raises:
+        BatchStepError: see :func:`verify_batch`.
     """
     if not len(states) == len(configs) == len(generators):
         raise ValueError(
@@ -386,6 +390,19 @@ def speculate_batch(
     return verify_batch(target, states, proposals, configs, generators, policy.version, sessions)
 
 
+class BatchStepError(RuntimeError):
+    """Some rows of a batched step failed while being settled; the others advanced.
+
+    ``results[i]`` is row ``i``'s trace, or the exception that row raised (its state is
+    as it was before the step, or half-advanced if the failure came late in settling).
+    """
+
+    def __init__(self, results: list["Trace | Exception"]) -> None:
+        failed = [r for r in results if isinstance(r, Exception)]
+        super().__init__(f"{len(failed)} of {len(results)} rows failed: {failed[0]!r}")
+        self.results = results
+
+
 def verify_batch(
     target: Target,
     states: Sequence[DecodeState],
@@ -395,8 +412,19 @@ def verify_batch(
     draft_version: int = 0,
     sessions: Sequence[DraftSession | None] | None = None,
 ) -> list[Trace]:
-    """:func:`verify_step` for every row, with one target forward pass for all of them."""
-    for state, proposal in zip(states, proposals, strict=True):
+    """:func:`verify_step` for every row, with one target forward pass for all of them.
+
+    Raises:
+        BatchStepError: a row failed after the forward pass; the rows that did not fail
+            have advanced and their traces are in the error.
+    """
+    sessions = sessions if sessions is not None else [None] * len(states)
+    if not len(states) == len(proposals) == len(configs) == len(generators) == len(sessions):
+        raise ValueError(
+            f"{len(states)} states, {len(proposals)} proposals, {len(configs)} configs, {len(generators)} "
+            f"generators and {len(sessions)} sessions: give one of each per row"
+        )
+    for state, proposal in zip(states, proposals):
         _check_fits(state, proposal)
     caches = [state.target_cache for state in states]
     feeds = [_feed(state, proposal) for state, proposal in zip(states, proposals)]
@@ -404,10 +432,14 @@ def verify_batch(
         scored = run_cached_ragged(target.model, caches, feeds, target.hidden_layers)
     else:  # e.g. sliding-window layers: one forward per row, same results
         scored = [target.forward(cache, feed) for cache, feed in zip(caches, feeds)]
-    sessions = sessions if sessions is not None else [None] * len(states)
-    return [
-        _settle(state, proposal, out, config, generator, draft_version, session)
-        for state, proposal, out, config, generator, session in zip(
-            states, proposals, scored, configs, generators, sessions
-        )
-    ]
+    results: list[Trace | Exception] = []
+    for state, proposal, out, config, generator, session in zip(
+        states, proposals, scored, configs, generators, sessions
+    ):
+        try:  # one row's failure (a drafter's commit, a malformed distribution) is that row's
+            results.append(_settle(state, proposal, out, config, generator, draft_version, session))
+        except Exception as error:
+            results.append(error)
+    if any(isinstance(result, Exception) for result in results):
+        raise BatchStepError(results)
+    return results

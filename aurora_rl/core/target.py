@@ -40,6 +40,17 @@ class RollbackCache:
         # their window; full-attention layers ignore it.
         self.kv.crop(length - current)
 
+    def cut_every_layer(self, length: int) -> None:
+        """Cut each full-attention layer to at most ``length`` entries, whatever the others hold.
+
+        ``rollback`` trusts the layers to agree on the length; after a failure part-way
+        through appending a step (some layers extended, some not) only this restores them.
+        """
+        for layer in self.kv.layers:
+            if type(layer).__name__ == "DynamicLayer" and layer.is_initialized and layer.keys.shape[-2] > length:
+                layer.crop(length - layer.keys.shape[-2])
+        self.rollback(min(len(self), length))
+
 
 @dataclass
 class ModelOutput:

@@ -7,7 +7,7 @@ for all of them round by round, the target verifies all of them in one ragged fo
 admitting queued requests as slots free up. A new request starts within one round of
 steps and a long one never holds the target for more than one step at a time. Each row
 keeps its own cache, decoding rule and generator, so a request's output does not depend
-on who it was batched with.
+on who it was batched with (up to float reassociation in the batched forwards).
 
 Every step's trace goes to the trace listeners (learner buffer, rollback monitor, metrics)
 and its emitted tokens to the request's sink. The decoders read the live draft once per
@@ -31,7 +31,8 @@ import torch
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.sampling import GREEDY, SamplingParams
-from aurora_rl.core.spec import DecodeConfig, DecodeState, speculate_batch
+from aurora_rl.core.ragged import batchable
+from aurora_rl.core.spec import BatchStepError, DecodeConfig, DecodeState, speculate_batch
 from aurora_rl.core.target import Target
 from aurora_rl.core.trace import Trace
 from aurora_rl.serving.config import EngineSection
@@ -134,6 +135,7 @@ class _Sequence:
     versions: list[int] = field(default_factory=list)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     cancelled_as: str = "cancelled"  # the finish reason a cancel reports
+    ended: bool = False  # its final output went out; nothing may follow it
 
 
 class RequestHandle:
@@ -290,7 +292,12 @@ class Engine:
             self._stepping = list(itertools.islice(self._active, self.config.max_batch))
             for _ in self._stepping:
                 self._active.popleft()
-            self._active.extend(self._advance(self._stepping))
+            try:
+                self._active.extend(self._advance(self._stepping))
+            except Exception as error:  # an engine bug: fail this step's requests, keep serving
+                logger.exception("a decode round failed")
+                for sequence in self._stepping:
+                    self._finish(sequence, "error", f"decoding failed: {type(error).__name__}: {error}")
             self._stepping = []
         self._cancel_all()
 
@@ -304,8 +311,10 @@ class Engine:
                     sequence = self._waiting.get(timeout=0.05)
             except queue.Empty:
                 return
+            self._stepping = [sequence]  # counted as active while its prompt is prefilled
             if self._prefill(sequence):
                 self._active.append(sequence)
+            self._stepping = []
 
     def _prefill(self, sequence: _Sequence) -> bool:
         request = sequence.request
@@ -331,40 +340,53 @@ class Engine:
                 self._cancelled(sequence)
             else:
                 live.append(sequence)
-        if live:
-            self.verify_forwards += 1
         if len(live) <= 1:
             return [sequence for sequence in live if self._step(sequence)]
-        steps_before = [sequence.state.steps for sequence in live]
+        states = [sequence.state for sequence in live]
+        steps_before = [state.steps for state in states]
+        draws_before = [sequence.generator.get_state() for sequence in live]
+        shared_forward = batchable([state.target_cache for state in states])
         try:
             policy = live[0].decoder.current_policy()  # one version for the whole step
             traces = speculate_batch(
-                policy,
-                self.target,
-                [sequence.state for sequence in live],
-                [sequence.decoder.config for sequence in live],
-                [sequence.generator for sequence in live],
+                policy, self.target, states, [s.decoder.config for s in live], [s.generator for s in live]
             )
+        except BatchStepError as partial:  # the forward ran; some rows failed while settling
+            self.verify_forwards += 1 if shared_forward else len(live)
+            still_live = []
+            for sequence, result in zip(live, partial.results):
+                if isinstance(result, Exception):
+                    logger.error("decoding request %s failed", sequence.request.request_id, exc_info=result)
+                    self._finish(sequence, "error", f"decoding failed: {type(result).__name__}: {result}")
+                elif self._deliver(sequence, result):
+                    still_live.append(sequence)
+            return still_live
         except Exception as error:
             logger.exception("a batched step of %d requests failed; stepping them one by one", len(live))
-            return self._isolate(live, steps_before, error)
+            return self._isolate(live, steps_before, draws_before, error)
+        self.verify_forwards += 1 if shared_forward else len(live)
         return [sequence for sequence, trace in zip(live, traces) if self._deliver(sequence, trace)]
 
-    def _isolate(self, live: list[_Sequence], steps_before: list[int], error: Exception) -> list[_Sequence]:
-        """After a failed batched step, retry each request alone so a bad one fails only itself.
+    def _isolate(
+        self, live: list[_Sequence], steps_before: list[int], draws_before: list[torch.Tensor], error: Exception
+    ) -> list[_Sequence]:
+        """After a batched step failed before settling, retry each request alone so a bad
+        one fails only itself.
 
-        A request the failed step already advanced lost that step's output, so it fails too;
-        the others are put back exactly where they were (target cache cut to the kept tokens,
-        a fresh draft session) and stepped one at a time.
+        Each request is put back exactly where it was -- target cache cut to the kept
+        tokens, a fresh draft session, its generator rewound -- so a seeded request still
+        draws what it would have drawn; one the failed step did advance lost that step's
+        output and fails too.
         """
         still_live = []
-        for sequence, before in zip(live, steps_before):
+        for sequence, before, draws in zip(live, steps_before, draws_before):
             state = sequence.state
             if state.steps != before:
                 self._finish(sequence, "error", f"decoding failed: {type(error).__name__}: {error}")
                 continue
-            state.target_cache.rollback(min(len(state.target_cache), state.length - 1))
+            state.target_cache.cut_every_layer(state.length - 1)
             state.session = None
+            sequence.generator.set_state(draws)
             if self._step(sequence):
                 still_live.append(sequence)
         return still_live
@@ -374,6 +396,7 @@ class Engine:
         if sequence.cancel_requested.is_set():
             self._cancelled(sequence)
             return False
+        self.verify_forwards += 1
         try:
             trace = sequence.decoder.step(sequence.state, sequence.generator)
         except Exception as error:  # a decoding bug fails this request, not the server
@@ -432,11 +455,14 @@ class Engine:
         self._finish(sequence, reason, None if reason == "stop" else "the request was cancelled")
 
     def _finish(self, sequence: _Sequence, finish_reason: str, error: str | None) -> None:
+        if sequence.ended:
+            return
         stats = self._stats(sequence, finish_reason)
         self._send(sequence, EngineOutput((), None, stats, error))
         self._notify_finished(stats)
 
     def _send(self, sequence: _Sequence, output: EngineOutput) -> None:
+        sequence.ended = output.finished
         try:
             sequence.sink(output)
         except Exception:  # e.g. the caller's event loop is gone: nobody is listening
