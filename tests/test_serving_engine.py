@@ -35,11 +35,21 @@ def prompts(count, seed=0):
     return [tuple(torch.randint(3, 97, (int(n),), generator=gen).tolist()) for n in torch.randint(2, 12, (count,), generator=gen)]
 
 
-def run(engine, requests):
-    """Submit all, collect every request's outputs (engine running)."""
+def submit_all(engine, requests):
+    """Submit all; each request's outputs arrive on its own queue."""
     outputs = {r.request_id: queue.Queue() for r in requests}
     for r in requests:
         engine.submit(r, outputs[r.request_id].put)
+    return outputs
+
+
+def run(engine, requests):
+    """Submit all, collect every request's outputs (engine running)."""
+    return gather(submit_all(engine, requests))
+
+
+def gather(outputs):
+    """Every request's outputs, up to and including its final one."""
     collected = {}
     for request_id, q in outputs.items():
         items = [q.get(timeout=60)]
@@ -238,17 +248,10 @@ def test_a_failed_batch_is_retried_with_the_same_seeded_draws(models, monkeypatc
     sampling = SamplingParams(temperature=1.0)
     engine = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=4))
     requests = [GenerationRequest(f"s{i}", p, 20, sampling, seed=7 + i) for i, p in enumerate(prompts(4, seed=6))]
-    outputs = {r.request_id: queue.Queue() for r in requests}
-    for r in requests:  # queued before the worker starts, so the first step is a batch of 4
-        engine.submit(r, outputs[r.request_id].put)
+    outputs = submit_all(engine, requests)  # queued before the worker starts: the first step batches all 4
     engine.start()
     try:
-        collected = {}
-        for request_id, q in outputs.items():
-            items = [q.get(timeout=60)]
-            while not items[-1].finished:
-                items.append(q.get(timeout=60))
-            collected[request_id] = items
+        collected = gather(outputs)
     finally:
         engine.close()
     assert failures == [1]
