@@ -134,30 +134,6 @@ def draw(dist: torch.Tensor, sampling: SamplingParams, generator: torch.Generato
     return int(torch.multinomial(dist, 1, generator=generator))
 
 
-def propose_autoregressively(
-    next_logits: Callable[[int | None], torch.Tensor],
-    k: int,
-    sampling: SamplingParams,
-    generator: torch.Generator | None,
-    min_confidence: float | None = None,
-) -> Proposal:
-    """Draw up to ``k`` tokens one at a time: the loop every autoregressive drafter shares.
-
-    ``next_logits(None)`` gives the raw logits of the first proposal position;
-    ``next_logits(token)`` feeds the proposal just drawn and gives the next position's. It
-    is never called with the last proposal (nothing would read its output), nor after an
-    early stop (see :func:`unconfident`).
-    """
-    (proposal,) = propose_autoregressively_batched(
-        lambda rows, fed: [next_logits(None if fed is None else fed[0])],
-        [k],
-        [sampling],
-        [generator],
-        [min_confidence],
-    )
-    return proposal
-
-
 def propose_autoregressively_batched(
     next_logits: Callable[[list[int], list[int] | None], list[torch.Tensor]],
     ks: Sequence[int],
@@ -165,13 +141,15 @@ def propose_autoregressively_batched(
     generators: Sequence[torch.Generator | None],
     min_confidences: Sequence[float | None],
 ) -> list[Proposal]:
-    """:func:`propose_autoregressively` for many sequences at once, one draft forward per round.
+    """Draw up to ``ks[row]`` tokens per row, one at a time: the loop every autoregressive
+    drafter shares, for one sequence or many (one draft forward per round).
 
     ``next_logits(rows, None)`` gives the raw first-position logits of each listed row;
-    ``next_logits(rows, tokens)`` feeds each listed row its proposal just drawn. A row
-    leaves the rounds when it has ``ks[row]`` proposals or stops early. Each row draws with
-    its own generator in the same order as alone, so under a seed the proposals equal the
-    one-sequence loop's. Every ``ks[row]`` must be >= 1.
+    ``next_logits(rows, tokens)`` feeds each listed row its proposal just drawn and gives
+    the next position's. A row leaves the rounds when it has ``ks[row]`` proposals (its last
+    proposal is never fed: nothing would read its output) or stops early (see
+    :func:`unconfident`). Each row draws with its own generator in its own order, so under a
+    seed a row's proposal does not depend on the other rows. Every ``ks[row]`` must be >= 1.
     """
     if any(k < 1 for k in ks):
         raise ValueError(f"every row needs k >= 1 proposals, got {list(ks)}")

@@ -26,18 +26,16 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from aurora_rl.core.target import ModelOutput, RollbackCache, run_cached
+from aurora_rl.core.target import ModelOutput, RollbackCache, plain_kv_layer, run_cached
 
 
 def batchable(caches: Sequence[RollbackCache]) -> bool:
     """Whether these caches can be stacked into one batch: plain full-attention layers only.
 
     Sliding-window or recurrent layers keep state that is not a list of per-position K/V;
-    callers decode such models one sequence at a time.
+    :func:`run_cached_ragged` runs such rows one forward each.
     """
-    return all(
-        type(layer).__name__ == "DynamicLayer" for cache in caches for layer in cache.kv.layers
-    )
+    return all(plain_kv_layer(layer) for cache in caches for layer in cache.kv.layers)
 
 
 def _stacked_past(caches: Sequence[RollbackCache], layer: int, width: int):
@@ -65,15 +63,16 @@ def run_cached_ragged(
     """Append ``feeds[b]`` to ``caches[b]`` for every row in one forward pass and score them.
 
     Returns one :class:`ModelOutput` per row, shaped as :func:`run_cached` would return it
-    (``(len(feeds[b]), V)`` logits). Every feed must hold at least one token.
+    (``(len(feeds[b]), V)`` logits). Every feed must hold at least one token. A lone row, or
+    caches that are not :func:`batchable`, get one :func:`run_cached` forward per row.
     """
     if len(caches) != len(feeds):
         raise ValueError(f"{len(caches)} caches but {len(feeds)} feeds: give one feed per cache")
     feeds = [torch.as_tensor(feed, dtype=torch.long).reshape(-1) for feed in feeds]
     if any(feed.numel() == 0 for feed in feeds):
         raise ValueError("every row must feed at least one token")
-    if len(feeds) == 1:  # nothing to stack: the one-sequence path skips the copies
-        return [run_cached(model, caches[0], feeds[0], hidden_layers)]
+    if len(feeds) == 1 or not batchable(caches):  # nothing to stack, or nothing stackable
+        return [run_cached(model, cache, feed, hidden_layers) for cache, feed in zip(caches, feeds)]
     batch, device = len(feeds), model.device
     past_lengths = [len(cache) for cache in caches]
     new_lengths = [feed.numel() for feed in feeds]

@@ -20,7 +20,7 @@ import torch
 
 from aurora_rl.core.acceptance import Verdict, greedy_verdict, rejection_verdict
 from aurora_rl.core.draft import BatchProposer, DraftPolicy, DraftSession, Proposal
-from aurora_rl.core.ragged import batchable, run_cached_ragged
+from aurora_rl.core.ragged import run_cached_ragged
 from aurora_rl.core.sampling import GREEDY, SamplingParams, probs_from_logits
 from aurora_rl.core.target import ModelOutput, Target
 from aurora_rl.core.trace import Trace, store_probs
@@ -428,10 +428,7 @@ def verify_batch(
         _check_fits(state, proposal)
     caches = [state.target_cache for state in states]
     feeds = [_feed(state, proposal) for state, proposal in zip(states, proposals)]
-    if batchable(caches):
-        scored = run_cached_ragged(target.model, caches, feeds, target.hidden_layers)
-    else:  # e.g. sliding-window layers: one forward per row, same results
-        scored = [target.forward(cache, feed) for cache, feed in zip(caches, feeds)]
+    scored = run_cached_ragged(target.model, caches, feeds, target.hidden_layers)
     results: list[Trace | Exception] = []
     for state, proposal, out, config, generator, session in zip(
         states, proposals, scored, configs, generators, sessions

@@ -15,6 +15,12 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 
+def plain_kv_layer(layer) -> bool:
+    """A full-attention cache layer: one K/V entry per position, nothing else (no sliding
+    window, no recurrent state), so it can be cut anywhere and stacked with others."""
+    return type(layer).__name__ == "DynamicLayer"
+
+
 class RollbackCache:
     """A KV cache that knows its length and can be cut back to any shorter length.
 
@@ -47,7 +53,7 @@ class RollbackCache:
         through appending a step (some layers extended, some not) only this restores them.
         """
         for layer in self.kv.layers:
-            if type(layer).__name__ == "DynamicLayer" and layer.is_initialized and layer.keys.shape[-2] > length:
+            if plain_kv_layer(layer) and layer.is_initialized and layer.keys.shape[-2] > length:
                 layer.crop(length - layer.keys.shape[-2])
         self.rollback(min(len(self), length))
 

@@ -26,11 +26,11 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import Proposal, propose_autoregressively, propose_autoregressively_batched
+from aurora_rl.core.draft import Proposal, propose_autoregressively_batched
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import Target
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
-from aurora_rl.policies.eagle_layer import EagleConfig, EagleHead, KVCache, stack_caches
+from aurora_rl.policies.eagle_layer import EagleConfig, EagleHead, KVCache, step_ragged
 
 
 def _normalised_layers(layers: Sequence[int], num_states: int) -> tuple[int, ...]:
@@ -96,20 +96,7 @@ class EagleSession:
         generator: torch.Generator | None,
         min_confidence: float | None = None,
     ) -> Proposal:
-        head = self.model.head
-        with torch.inference_mode():
-            out, position = self.ready_to_draft()
-
-            def next_logits(token: int | None) -> torch.Tensor:
-                nonlocal out, position
-                if token is not None:  # the head reads its own previous output and the token it drew
-                    ids, at = torch.tensor([[token]]), torch.tensor([[position]])
-                    out = head(self.model.embed(ids), out[None, None], at, self.cache)[0, 0]
-                    position += 1
-                return self.model.logits(out)
-
-            proposal = propose_autoregressively(next_logits, k, sampling, generator, min_confidence)
-        self.expect_verdict_on(proposal)
+        (proposal,) = propose_for_sessions(self.model, [self], [k], [sampling], [generator], [min_confidence])
         return proposal
 
     def expect_verdict_on(self, proposal: Proposal) -> None:
@@ -131,6 +118,37 @@ class EagleSession:
         self.tokens += self._proposed[:num_accepted] + [int(next_token)]
         self._pending = torch.cat([self._pending, target_hidden.to(self.model.dtype)])
         self._proposed = []
+
+
+def propose_for_sessions(
+    model: "EagleModel",
+    sessions: Sequence[EagleSession],
+    ks: Sequence[int],
+    samplings: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+    min_confidences: Sequence[float | None],
+) -> list[Proposal]:
+    """The draft loop of one or many sessions: each feeds its pending true pairs alone
+    (ragged lengths), then every round runs the head once for all rows still drafting, each
+    reading its own previous output and the token it drew (:func:`step_ragged`)."""
+    with torch.inference_mode():
+        outs, positions = map(list, zip(*(session.ready_to_draft() for session in sessions)))
+
+        def next_logits(rows: list[int], fed: list[int] | None) -> list[torch.Tensor]:
+            if fed is not None:
+                ids = torch.tensor(fed)[:, None]
+                at = torch.tensor([[positions[row]] for row in rows])
+                previous = torch.stack([outs[row] for row in rows])[:, None]
+                caches = [sessions[row].cache for row in rows]
+                new = step_ragged(model.head, model.embed(ids), previous, at, caches)[:, 0]
+                for index, row in enumerate(rows):
+                    outs[row], positions[row] = new[index], positions[row] + 1
+            return list(model.logits(torch.stack([outs[row] for row in rows])))
+
+        proposals = propose_autoregressively_batched(next_logits, ks, samplings, generators, min_confidences)
+    for session, proposal in zip(sessions, proposals):
+        session.expect_verdict_on(proposal)
+    return proposals
 
 
 class EagleModel(nn.Module):
@@ -320,30 +338,9 @@ class EagleDrafter:
         generators: Sequence[torch.Generator | None],
         min_confidences: Sequence[float | None],
     ) -> list[Proposal]:
-        """Proposals for many sequences: each feeds its pending true pairs alone (ragged
-        lengths), then every draft round runs the head once for all rows still drafting.
+        """Proposals for many sequences, one head step per round for the rows still drafting.
         Under a seed each row's proposal equals ``sessions[row].propose(...)`` alone."""
-        head = self.head
-        with torch.inference_mode():
-            outs, positions = map(list, zip(*(session.ready_to_draft() for session in sessions)))
-
-            def next_logits(rows: list[int], fed: list[int] | None) -> list[torch.Tensor]:
-                if fed is not None:  # one head step: each row's own cache, position, output and token
-                    stacked, key_mask = stack_caches([sessions[row].cache for row in rows])
-                    ids = torch.tensor(fed)[:, None]
-                    at = torch.tensor([[positions[row]] for row in rows])
-                    previous = torch.stack([outs[row] for row in rows])[:, None]
-                    key_mask = F.pad(key_mask, (0, 1), value=True)
-                    new = head(self.model.embed(ids), previous, at, stacked, key_mask)[:, 0]
-                    for index, row in enumerate(rows):
-                        sessions[row].cache.extend(stacked.keys[index : index + 1, :, -1:], stacked.values[index : index + 1, :, -1:])
-                        outs[row], positions[row] = new[index], positions[row] + 1
-                return list(self.model.logits(torch.stack([outs[row] for row in rows])))
-
-            proposals = propose_autoregressively_batched(next_logits, ks, samplings, generators, min_confidences)
-        for session, proposal in zip(sessions, proposals):
-            session.expect_verdict_on(proposal)
-        return proposals
+        return propose_for_sessions(self.model, sessions, ks, samplings, generators, min_confidences)
 
     def proposal_logits(self, batch: TraceBatch) -> torch.Tensor:
         """``(B, k, V)`` draft logits at every proposal position, with gradients (see

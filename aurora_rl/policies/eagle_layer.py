@@ -278,3 +278,21 @@ class EagleHead(nn.Module):
                     nn.init.normal_(module.weight, std=0.02)
             self.proj.weight.copy_(torch.eye(d).repeat(1, layers) / layers)
             self.fc.weight.copy_(torch.eye(d).repeat(1, 2))
+
+
+def step_ragged(
+    head: EagleHead, embeds: torch.Tensor, previous: torch.Tensor, positions: torch.Tensor, caches: list[KVCache]
+) -> torch.Tensor:
+    """One head step of ``B`` sequences, each appended to its own cache: ``(B, 1, d)``.
+
+    Inputs are ``(B, 1, d)`` (``positions`` ``(B, 1)``). Several caches are stacked
+    (:func:`stack_caches`) and each row's new entry is appended back to its own cache; a lone
+    cache is used as it is, exactly the one-sequence step.
+    """
+    if len(caches) == 1:
+        return head(embeds, previous, positions, caches[0])
+    stacked, key_mask = stack_caches(caches)
+    out = head(embeds, previous, positions, stacked, F.pad(key_mask, (0, 1), value=True))
+    for row, cache in enumerate(caches):
+        cache.extend(stacked.keys[row : row + 1, :, -1:], stacked.values[row : row + 1, :, -1:])
+    return out

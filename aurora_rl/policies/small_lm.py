@@ -10,10 +10,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import Proposal, propose_autoregressively, propose_autoregressively_batched
-from aurora_rl.core.ragged import batchable, run_cached_ragged
+from aurora_rl.core.draft import Proposal, propose_autoregressively_batched
+from aurora_rl.core.ragged import run_cached_ragged
 from aurora_rl.core.sampling import SamplingParams
-from aurora_rl.core.target import RollbackCache, run_cached
+from aurora_rl.core.target import RollbackCache
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
 
 
@@ -37,13 +37,7 @@ class SmallLMSession:
         generator: torch.Generator | None,
         min_confidence: float | None = None,
     ) -> Proposal:
-        def next_logits(token: int | None) -> torch.Tensor:
-            # first: the committed tokens the cache has not seen yet; then each proposal
-            feed = self.ready_to_draft() if token is None else [token]
-            return run_cached(self.model, self.cache, feed).logits[-1]
-
-        proposal = propose_autoregressively(next_logits, k, sampling, generator, min_confidence)
-        self.expect_verdict_on(proposal)
+        (proposal,) = propose_for_sessions(self.model, [self], [k], [sampling], [generator], [min_confidence])
         return proposal
 
     def ready_to_draft(self) -> list[int]:
@@ -63,6 +57,29 @@ class SmallLMSession:
         self.cache.rollback(min(len(self.cache), len(self.tokens) + kept))
         self.tokens += self._proposed[:num_accepted] + [next_token]
         self._proposed = []
+
+
+def propose_for_sessions(
+    model: PreTrainedModel,
+    sessions: Sequence[SmallLMSession],
+    ks: Sequence[int],
+    samplings: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+    min_confidences: Sequence[float | None],
+) -> list[Proposal]:
+    """The draft loop of one or many sessions: each round feeds every row still drafting in
+    one forward (a lone row runs exactly the one-sequence forward, see ``run_cached_ragged``)."""
+
+    def next_logits(rows: list[int], fed: list[int] | None) -> list[torch.Tensor]:
+        picked = [sessions[row] for row in rows]
+        # first: the committed tokens each cache has not seen yet; then each row's proposal
+        feeds = [s.ready_to_draft() for s in picked] if fed is None else [[t] for t in fed]
+        return [out.logits[-1] for out in run_cached_ragged(model, [s.cache for s in picked], feeds)]
+
+    proposals = propose_autoregressively_batched(next_logits, ks, samplings, generators, min_confidences)
+    for session, proposal in zip(sessions, proposals):
+        session.expect_verdict_on(proposal)
+    return proposals
 
 
 class TeacherForcedLM(torch.nn.Module):
@@ -146,24 +163,7 @@ class SmallLMDrafter:
 
         Under a seed each row's proposal equals ``sessions[row].propose(...)`` alone.
         """
-        if not batchable([session.cache for session in sessions]):
-            return [
-                session.propose(k, sampling, generator, confidence)
-                for session, k, sampling, generator, confidence in zip(
-                    sessions, ks, samplings, generators, min_confidences
-                )
-            ]
-
-        def next_logits(rows: list[int], fed: list[int] | None) -> list[torch.Tensor]:
-            picked = [sessions[row] for row in rows]
-            feeds = [s.ready_to_draft() for s in picked] if fed is None else [[t] for t in fed]
-            scored = run_cached_ragged(self.model, [s.cache for s in picked], feeds)
-            return [out.logits[-1] for out in scored]
-
-        proposals = propose_autoregressively_batched(next_logits, ks, samplings, generators, min_confidences)
-        for session, proposal in zip(sessions, proposals):
-            session.expect_verdict_on(proposal)
-        return proposals
+        return propose_for_sessions(self.model, sessions, ks, samplings, generators, min_confidences)
 
     def proposal_logits(self, batch: TraceBatch) -> torch.Tensor:
         return self.trainable(batch)
