@@ -297,7 +297,7 @@ class Engine:
             except Exception as error:  # an engine bug: fail this step's requests, keep serving
                 logger.exception("a decode round failed")
                 for sequence in self._stepping:
-                    self._finish(sequence, "error", f"decoding failed: {type(error).__name__}: {error}")
+                    self._fail(sequence, error)
             self._stepping = []
         self._cancel_all()
 
@@ -348,24 +348,23 @@ class Engine:
         shared_forward = batchable([state.target_cache for state in states])
         try:
             policy = live[0].decoder.current_policy()  # one version for the whole step
-            traces = speculate_batch(
+            results = speculate_batch(
                 policy, self.target, states, [s.decoder.config for s in live], [s.generator for s in live]
             )
         except BatchStepError as partial:  # the forward ran; some rows failed while settling
-            self.verify_forwards += 1 if shared_forward else len(live)
-            still_live = []
-            for sequence, result in zip(live, partial.results):
-                if isinstance(result, Exception):
-                    logger.error("decoding request %s failed", sequence.request.request_id, exc_info=result)
-                    self._finish(sequence, "error", f"decoding failed: {type(result).__name__}: {result}")
-                elif self._deliver(sequence, result):
-                    still_live.append(sequence)
-            return still_live
+            results = partial.results
         except Exception as error:
             logger.exception("a batched step of %d requests failed; stepping them one by one", len(live))
             return self._isolate(live, steps_before, draws_before, error)
         self.verify_forwards += 1 if shared_forward else len(live)
-        return [sequence for sequence, trace in zip(live, traces) if self._deliver(sequence, trace)]
+        still_live = []
+        for sequence, result in zip(live, results):
+            if isinstance(result, Exception):
+                logger.error("decoding request %s failed", sequence.request.request_id, exc_info=result)
+                self._fail(sequence, result)
+            elif self._deliver(sequence, result):
+                still_live.append(sequence)
+        return still_live
 
     def _isolate(
         self, live: list[_Sequence], steps_before: list[int], draws_before: list[torch.Tensor], error: Exception
@@ -382,7 +381,7 @@ class Engine:
         for sequence, before, draws in zip(live, steps_before, draws_before):
             state = sequence.state
             if state.steps != before:
-                self._finish(sequence, "error", f"decoding failed: {type(error).__name__}: {error}")
+                self._fail(sequence, error)
                 continue
             state.target_cache.cut_every_layer(state.length - 1)
             state.session = None
@@ -401,7 +400,7 @@ class Engine:
             trace = sequence.decoder.step(sequence.state, sequence.generator)
         except Exception as error:  # a decoding bug fails this request, not the server
             logger.exception("decoding request %s failed", sequence.request.request_id)
-            self._finish(sequence, "error", f"decoding failed: {type(error).__name__}: {error}")
+            self._fail(sequence, error)
             return False
         return self._deliver(sequence, trace)
 
@@ -453,6 +452,9 @@ class Engine:
     def _cancelled(self, sequence: _Sequence) -> None:
         reason = sequence.cancelled_as
         self._finish(sequence, reason, None if reason == "stop" else "the request was cancelled")
+
+    def _fail(self, sequence: _Sequence, error: Exception) -> None:
+        self._finish(sequence, "error", f"decoding failed: {type(error).__name__}: {error}")
 
     def _finish(self, sequence: _Sequence, finish_reason: str, error: str | None) -> None:
         if sequence.ended:
