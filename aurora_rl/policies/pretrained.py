@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from aurora_rl.policies.small_lm import SmallLMDrafter
-from aurora_rl.world import World, train_causal_lm
+from aurora_rl.world import World, resolve_precision, train_causal_lm
 from aurora_rl.world.tokenizer import encoded_examples
 from aurora_rl.world.cache import InvalidWorld, cache_root, exclusive_lock, read_manifest, staging_directory, write_manifest
 
@@ -47,11 +47,15 @@ class DrafterRecipe:
             raise ValueError("DrafterRecipe.domains must be None (all) or a non-empty tuple")
 
 
-def fingerprint(world: World, recipe: DrafterRecipe) -> str:
+def fingerprint(world: World, recipe: DrafterRecipe, precision: str | None = None) -> str:
+    """The cache key: build version, the world (recipe and the precision its target was trained
+    in), this recipe, and the drafter's own resolved training precision."""
     payload = {
         "build_version": DRAFTER_BUILD_VERSION,
         "world": world.recipe.fingerprint(),
+        "world_precision": world.precision,
         "recipe": asdict(recipe),
+        "precision": resolve_precision(precision),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -61,14 +65,17 @@ def pretrained_drafter(
     recipe: DrafterRecipe = DrafterRecipe(),
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    precision: str | None = None,
 ) -> SmallLMDrafter:
     """A small-LM drafter (the world's drafter shape) pretrained on the world's training
-    text of ``recipe.domains``; built on first use, then loaded from the cache."""
+    text of ``recipe.domains``; built on first use, then loaded from the cache. `precision`
+    as in `aurora_rl.world.resolve_precision` (None = $AURORA_RL_PRECISION or auto)."""
     unknown = set(recipe.domains or ()) - set(world.domains)
     if unknown:
         raise ValueError(f"domains {sorted(unknown)} are not in world {world.name!r} (it has {world.domains})")
-    key = fingerprint(world, recipe)
-    directory = drafter_directory(world, recipe, cache_dir)
+    precision = resolve_precision(precision)
+    key = fingerprint(world, recipe, precision)
+    directory = drafter_directory(world, recipe, cache_dir, precision)
     with exclusive_lock(directory.parent / f"{directory.name}.lock"):
         try:
             read_manifest(directory, key, REQUIRED_FILES)
@@ -77,13 +84,13 @@ def pretrained_drafter(
             if directory.exists():
                 logger.warning("rebuilding pretrained drafter at %s: %s", directory, why)
         with staging_directory(directory) as staging:
-            drafter = _train(world, recipe, progress)
+            drafter = _train(world, recipe, progress, precision)
             drafter.save_pretrained(staging)
             write_manifest(staging, {"recipe_fingerprint": key, "recipe": asdict(recipe), "world": world.name})
     return SmallLMDrafter.from_pretrained(directory)
 
 
-def _train(world: World, recipe: DrafterRecipe, progress: bool) -> SmallLMDrafter:
+def _train(world: World, recipe: DrafterRecipe, progress: bool, precision: str) -> SmallLMDrafter:
     data = world.dataset("train", recipe.domains)
     tokenizer = world.tokenizer()
     # Tokenised exactly as the target was trained (prompt and reference separately), so the
@@ -103,11 +110,14 @@ def _train(world: World, recipe: DrafterRecipe, progress: bool) -> SmallLMDrafte
         warmup=min(20, recipe.steps),
         progress=progress,
         desc=f"pretrain drafter on {'all domains' if recipe.domains is None else '+'.join(recipe.domains)}",
+        precision=precision,
     )
     return drafter
 
 
-def drafter_directory(world: World, recipe: DrafterRecipe, cache_dir: str | os.PathLike | None = None) -> Path:
+def drafter_directory(
+    world: World, recipe: DrafterRecipe, cache_dir: str | os.PathLike | None = None, precision: str | None = None
+) -> Path:
     """Where ``pretrained_drafter`` keeps this drafter (for users who want the files)."""
     domains = "all" if recipe.domains is None else "+".join(recipe.domains)
-    return cache_root(cache_dir) / "drafters" / f"{world.name}-{domains}-{fingerprint(world, recipe)[:12]}"
+    return cache_root(cache_dir) / "drafters" / f"{world.name}-{domains}-{fingerprint(world, recipe, precision)[:12]}"

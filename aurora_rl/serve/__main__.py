@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(cfg.torch_threads)
 
     # Target, tokenizer and the draft it starts with.
-    world = get_world(cfg.world.name, cache_dir=cfg.world.cache_dir, progress=cfg.progress)
+    world = get_world(cfg.world.name, cache_dir=cfg.world.cache_dir, progress=cfg.progress, precision=cfg.world.precision)
     if cfg.world.target:
         tokenizer = AutoTokenizer.from_pretrained(cfg.world.target)
         model = load_causal_lm(cfg.world.target)

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
-    world = get_world(cfg.world.name, cache_dir=cfg.world.cache_dir, progress=cfg.progress)
+    world = get_world(cfg.world.name, cache_dir=cfg.world.cache_dir, progress=cfg.progress, precision=cfg.world.precision)
     hidden_layers = tuple(cfg.drafter.eagle_layers) if cfg.drafter.kind == "eagle" else ()
     if cfg.world.target:
         tokenizer = AutoTokenizer.from_pretrained(cfg.world.target)

@@ -70,7 +70,7 @@ def pretrained(s: Setting):
     domains = tuple(cfg.drafter.pretrain_domains) if cfg.drafter.pretrain_domains else None
     if cfg.drafter.kind == "small_lm":
         recipe = DrafterRecipe(domains=domains, steps=cfg.drafter.pretrain_steps, seed=cfg.seed)
-        return pretrained_drafter(s.world, recipe, cfg.world.cache_dir, progress=cfg.progress)
+        return pretrained_drafter(s.world, recipe, cfg.world.cache_dir, progress=cfg.progress, precision=cfg.world.precision)
     requests = make_traffic(s.world.dataset("train", domains), "mixed", cfg.offline.num_requests, seed=cfg.seed).requests
     return offline_finetune(s, scratch_drafter(s), requests, cfg.drafter.pretrain_steps, "pretrain eagle")
 

@@ -19,6 +19,7 @@ from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.serving.learner import LearnerConfig
+from aurora_rl.world.precision import PRECISIONS
 from aurora_rl.world.traffic import SCHEDULES
 
 ARMS = {
@@ -47,6 +48,11 @@ class WorldSection:
     name: str = _help("the miniature world: 'tiny' (tests) or 'default'", "default")
     cache_dir: str | None = _help("where worlds and pretrained drafters are cached (null = $AURORA_RL_CACHE or ~/.cache/aurora_rl)", None)
     target: str | None = _help("a HF hub id or local model directory to verify with instead of the world's target (its tokenizer is loaded from there)", None)
+    precision: str | None = _help("training precision of the world's target and pretrained drafters: auto (bf16 only where the CPU/GPU runs it natively) | fp32 | bf16 (null = $AURORA_RL_PRECISION, else auto)", None)
+
+    def __post_init__(self) -> None:
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"world.precision={self.precision!r}: choose one of {list(PRECISIONS)} or null")
 
 
 @dataclass

@@ -10,12 +10,14 @@ Hugging Face model; plus seeded traffic streams (mixed, ordered, drift) over any
 """
 
 from .lm_training import train_causal_lm
+from .precision import PRECISIONS, native_bf16, resolve_precision
 from .recipe import BUILD_VERSION, RECIPES, ModelShape, WorldRecipe
 from .traffic import SCHEDULES, Phase, Request, TrafficStream, load_prompts, make_traffic
 from .world import World, get_world, world_dir
 
 __all__ = [
     "BUILD_VERSION",
+    "PRECISIONS",
     "RECIPES",
     "ModelShape",
     "Phase",
@@ -27,6 +29,8 @@ __all__ = [
     "get_world",
     "load_prompts",
     "make_traffic",
+    "native_bf16",
+    "resolve_precision",
     "train_causal_lm",
     "world_dir",
 ]

@@ -29,6 +29,8 @@ def _print_info(world: World, timing: bool) -> None:
     print(f"path         {world.path}")
     print(f"disk         {megabytes:.1f} MB")
     print(f"built in     {info['build_seconds']:.0f} s  ({', '.join(f'{k} {v:.0f} s' for k, v in info['stage_seconds'].items())})")
+    cpu = info.get("cpu", {})
+    print(f"precision    {world.precision} (CPU {cpu.get('capability', '?')}, native bf16: {cpu.get('native_bf16', '?')})")
     print("built with   " + ", ".join(f"{name} {version}" for name, version in info["versions"].items()))
     print(f"vocab        {info['vocab_size']} tokens (byte-level BPE)")
     for role in ("target", "drafter"):
@@ -78,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("build", "info", "sample"))
     parser.add_argument("--world", default="default", choices=sorted(RECIPES), help="which registered world")
     parser.add_argument("--cache-dir", default=None, help="cache root (default: $AURORA_RL_CACHE or ~/.cache/aurora_rl)")
+    parser.add_argument(
+        "--precision", default=None, choices=("auto", "fp32", "bf16"),
+        help="training precision (default: $AURORA_RL_PRECISION, else auto = bf16 only where native)",
+    )
     parser.add_argument("--timing", action="store_true", help="info: also time one-token forwards of target and drafter")
     parser.add_argument("-n", "--per-domain", type=int, default=2, help="sample: prompts per domain")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="sample: continuation length cap")
@@ -85,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    world = get_world(args.world, cache_dir=args.cache_dir, progress=True)
+    world = get_world(args.world, cache_dir=args.cache_dir, progress=True, precision=args.precision)
     if args.command == "build":
         print(f"world {world.name!r} ready at {world.path} (built in {world.info['build_seconds']:.0f} s)")
     elif args.command == "info":

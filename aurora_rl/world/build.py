@@ -22,6 +22,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .corpus import SPLITS, build_corpus
 from .evaluation import heldout_perplexity
 from .lm_training import train_causal_lm
+from .precision import native_bf16
 from .recipe import BUILD_VERSION, ModelShape, WorldRecipe
 from .tokenizer import encoded_examples, train_tokenizer
 
@@ -48,8 +49,11 @@ def parameter_count(config: LlamaConfig) -> int:
         return sum(p.numel() for p in LlamaForCausalLM(config).parameters())
 
 
-def build_world(recipe: WorldRecipe, directory: Path, *, progress: bool = True) -> dict:
-    """Build every file of the world into `directory` (which exists and is empty); return its info dict."""
+def build_world(recipe: WorldRecipe, directory: Path, *, progress: bool = True, precision: str | None = None) -> dict:
+    """Build every file of the world into `directory` (which exists and is empty); return its info dict.
+
+    `precision` is the target's training precision (see `aurora_rl.world.precision`).
+    """
     began = time.perf_counter()
     stage_seconds: dict[str, float] = {}
 
@@ -91,6 +95,7 @@ def build_world(recipe: WorldRecipe, directory: Path, *, progress: bool = True) 
         warmup=recipe.warmup_steps,
         progress=progress,
         desc=f"target ({recipe.name})",
+        precision=precision,
     )
     target.save_pretrained(directory)
     drafter_config = model_config(recipe.drafter, tokenizer, recipe.max_positions)
@@ -114,6 +119,7 @@ def build_world(recipe: WorldRecipe, directory: Path, *, progress: bool = True) 
             "transformers": transformers.__version__,
             "tokenizers": tokenizers.__version__,
         },
+        "cpu": {"capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16("cpu")},
         "vocab_size": len(tokenizer),
         "target_params": target.num_parameters(),
         "drafter_params": parameter_count(drafter_config),

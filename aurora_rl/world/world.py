@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from .build import DATA_DIR, DRAFTER_DIR, build_world
 from .cache import InvalidWorld, cache_root, exclusive_lock, read_manifest, staging_directory, write_manifest
 from .corpus import SPLITS
+from .precision import resolve_precision
 from .recipe import WorldRecipe, resolve_recipe
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,11 @@ class World:
         return self.recipe.name
 
     @property
+    def precision(self) -> str:
+        """"fp32" or "bf16": what the target was trained in (part of every cache key built on it)."""
+        return self.info["training"]["precision"]
+
+    @property
     def domains(self) -> list[str]:
         return list(self.recipe.domains)
 
@@ -76,22 +82,36 @@ class World:
         return LlamaConfig.from_pretrained(self.path / DRAFTER_DIR)
 
 
-def world_dir(recipe: WorldRecipe, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the world of this recipe lives: <cache root>/worlds/<name>-<fingerprint[:12]>."""
-    return cache_root(cache_dir) / "worlds" / f"{recipe.name}-{recipe.fingerprint()[:12]}"
+def world_dir(
+    recipe: WorldRecipe, cache_dir: str | os.PathLike | None = None, precision: str | None = None
+) -> Path:
+    """Where the world of this recipe lives: <cache root>/worlds/<name>-<precision>-<fingerprint[:12]>.
+
+    The training precision (resolved as in `resolve_precision`) is part of the name: bf16 and
+    fp32 builds of one recipe have different weights, and each machine loads the one it builds.
+    """
+    resolved = resolve_precision(precision)
+    return cache_root(cache_dir) / "worlds" / f"{recipe.name}-{resolved}-{recipe.fingerprint()[:12]}"
 
 
 def get_world(
-    world: str | WorldRecipe = "default", *, cache_dir: str | os.PathLike | None = None, progress: bool = True
+    world: str | WorldRecipe = "default",
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    precision: str | None = None,
 ) -> World:
     """The world of a registered name ("tiny", "default") or recipe, built first if needed.
 
     A cached world is loaded only after its manifest and every file's sha256 check out;
     a missing, half-written or corrupted one is (re)built, with a warning saying why.
     Concurrent callers of the same world wait for one build (an fcntl file lock).
+    `precision` ("auto", "fp32", "bf16"; None = $AURORA_RL_PRECISION or "auto") is the
+    target's training precision; see `aurora_rl.world.precision`.
     """
     recipe = resolve_recipe(world)
-    directory = world_dir(recipe, cache_dir)
+    precision = resolve_precision(precision)
+    directory = world_dir(recipe, cache_dir, precision)
     fingerprint = recipe.fingerprint()
     with exclusive_lock(directory.parent / f"{directory.name}.lock"):
         try:
@@ -102,7 +122,7 @@ def get_world(
             else:
                 logger.info("world %r is not built yet; building it in %s", recipe.name, directory)
             with staging_directory(directory) as staging:
-                info = build_world(recipe, staging, progress=progress)
+                info = build_world(recipe, staging, progress=progress, precision=precision)
                 write_manifest(staging, {"recipe_fingerprint": fingerprint, "info": info})
             # Verify what was published, as any loader would, before handing it out.
             manifest = read_manifest(directory, fingerprint, REQUIRED_FILES)
