@@ -29,7 +29,7 @@ UPDATE_BUDGET = {"reverse_kl": 2}
 # AVX2, no native bf16; untrained tau 1.012 for both drafters) is at least 2.3x this margin:
 #   small_lm: forward_kl +0.459, reverse_kl (x2) +0.184, jsd +0.281, tv +0.146,
 #             accept_discard +0.459, osd +0.357, pg +0.350, expected_acceptance +0.050
-#   eagle:    forward_kl +0.321, reverse_kl +0.308, jsd +0.255, tv +0.237,
+#   eagle:    forward_kl +0.321, reverse_kl (x1) +0.308, jsd +0.255, tv +0.237,
 #             accept_discard +0.350, osd +0.301, pg +0.268, expected_acceptance +0.046
 # Expected acceptance is the slowest starter by construction: under greedy verification its
 # per-position gradient is proportional to q(target token), which starts near 1/V (doubling
