@@ -13,7 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from aurora_rl.algos import AlgoConfig, make_algorithm
 from aurora_rl.algos import losses as L
+from aurora_rl.core.batch import TraceBatch
+from aurora_rl.policies.small_lm import SmallLMDrafter
 
 T, F_ = True, False
 
@@ -590,3 +593,33 @@ def test_gradient_descent_on_expected_acceptance_raises_alpha():
     alpha_end = L.acceptance_probs(logits, p)[valid].detach()
     assert (end > start).all()
     assert alpha_end.mean() > alpha_start.mean() + 0.1
+
+
+def test_expected_acceptance_loss_follows_each_traces_verification_rule():
+    # q = [.5, .5], p = [.7, .3]: a sampled verdict accepts with sum min(p, q) = .5 + .3 = .8,
+    # a greedy one only when the draft's pick is argmax p, with probability q(0) = .5.
+    logits = torch.tensor([0.5, 0.5]).log().expand(2, 1, 2).clone()
+    p = torch.tensor([0.7, 0.3]).expand(2, 1, 2).clone()
+    valid = torch.tensor([[T], [T]])
+    greedy = torch.tensor([True, False])
+    per_trace = L.expected_acceptance_loss(logits, p, valid, greedy=greedy, reduction="none")
+    torch.testing.assert_close(per_trace, torch.tensor([-0.5, -0.8]))
+    assert L.expected_acceptance_loss(logits, p, valid, greedy=greedy).item() == pytest.approx(-0.65)
+    assert L.expected_acceptance_loss(logits, p, valid).item() == pytest.approx(-0.8)
+
+
+def test_the_expected_acceptance_algorithm_trains_on_the_tested_loss(random_target_model):
+    drafter = SmallLMDrafter(random_target_model)
+    logits, p, valid = random_inputs(seed=23)
+    B, k, V = p.shape
+    batch = TraceBatch(
+        context_ids=torch.zeros(B, 1, dtype=torch.long), context_mask=torch.ones(B, 1, dtype=torch.bool),
+        context_features=None, proposed=torch.zeros(B, k, dtype=torch.long), valid_mask=valid,
+        accept_mask=torch.zeros(B, k, dtype=torch.bool), behavior_logprobs=torch.zeros(B, k), target_probs=p,
+        temperature=torch.tensor([0.0, 1.0] * (B // 2) + [1.0] * (B % 2)), draft_version=torch.zeros(B, dtype=torch.long),
+        weights=torch.ones(B), domains=[None] * B,
+    )  # fmt: skip
+    algorithm = make_algorithm(drafter, AlgoConfig(name="expected_acceptance"))
+    loss, _ = algorithm.loss(logits, batch)
+    expected = L.expected_acceptance_loss(logits, p, valid, greedy=batch.temperature == 0)
+    torch.testing.assert_close(loss, expected)

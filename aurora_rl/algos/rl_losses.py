@@ -292,18 +292,33 @@ def expected_accepted_length(alpha: Tensor, valid_mask: Tensor) -> Tensor:
 
 
 def expected_acceptance_loss(
-    draft_logits: Tensor, target_probs: Tensor, valid_mask: Tensor
+    draft_logits: Tensor,
+    target_probs: Tensor,
+    valid_mask: Tensor,
+    greedy: Tensor | None = None,
+    reduction: str = "mean",
 ) -> Tensor:
     """-mean over traces of E[accepted length] / (#valid positions of the trace), in [-1, 0].
 
-    alpha from ``acceptance_probs`` (sampling with the rejection rule), evaluated along the
-    proposed path. Normalising each trace by its own #valid makes every trace's term an
-    acceptance rate in [0, 1], so traces with fewer proposals weigh as much as full ones and
-    the scale does not depend on k. Traces with no valid position are left out of the mean;
-    if none has one the loss is an exact 0.0. Minimising it maximises expected acceptance.
+    alpha follows the verification rule each trace was judged by: ``acceptance_probs``
+    sum_x min(p, q) for sampled traces, and q(argmax p) -- the chance the draft's pick is the
+    target's -- for traces marked in ``greedy`` (B,) bool (None = all sampled). It is taken
+    along the proposed path. Normalising each trace by its own #valid makes every trace's
+    term an acceptance rate in [0, 1], so traces with fewer proposals weigh as much as full
+    ones and the scale does not depend on k. Traces with no valid position are left out of
+    the mean; if none has one the loss is an exact 0.0. ``reduction="none"`` gives the (B,)
+    per-trace terms (0.0 where a trace has no valid position). Minimising it maximises
+    expected acceptance.
     """
     divergences.check_shapes(draft_logits, target_probs, valid_mask)
+    check_reduction(reduction)
+    if greedy is not None:
+        one_hot = torch.nn.functional.one_hot(target_probs.argmax(-1), target_probs.shape[-1]).to(target_probs.dtype)
+        target_probs = torch.where(greedy[:, None, None], one_hot, target_probs)
     alpha = divergences.acceptance_probs(draft_logits, target_probs)
     length = expected_accepted_length(alpha, valid_mask)
     n_valid = valid_mask.sum(-1)
-    return masked_mean(-length / n_valid.clamp_min(1), n_valid > 0)
+    values = -length / n_valid.clamp_min(1)
+    if reduction == "none":
+        return torch.where(n_valid > 0, values, torch.zeros_like(values))
+    return masked_mean(values, n_valid > 0)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 
 from aurora_rl.algos.base import Algorithm, weighted_mean
-from aurora_rl.algos.divergences import acceptance_probs, divergence, forward_kl
+from aurora_rl.algos.divergences import divergence, forward_kl
 from aurora_rl.algos.rl_losses import (
     accept_discard_loss,
     discard_positions_for,
-    expected_accepted_length,
+    expected_acceptance_loss,
     first_rejected,
     osd_loss,
     per_position_baseline,
@@ -84,24 +84,17 @@ class PolicyGradient(Algorithm):
 
 
 class ExpectedAcceptance(Algorithm):
-    """Maximise the differentiable expected accepted length sum_i prod_{j<=i} alpha_j.
-
-    alpha follows the verification rule the traces were judged by: sum_x min(p, q) when
-    sampling, and q(argmax p) -- the chance the draft's pick is the target's -- when greedy.
-    """
+    """Maximise the differentiable expected accepted length sum_i prod_{j<=i} alpha_j
+    (``expected_acceptance_loss``, under each trace's own verification rule), trace-weighted."""
 
     def loss(self, logits: torch.Tensor, batch: TraceBatch):
-        greedy = (batch.temperature == 0)[:, None, None]
-        one_hot = torch.nn.functional.one_hot(batch.target_probs.argmax(-1), batch.target_probs.shape[-1])
-        target = torch.where(greedy, one_hot.to(batch.target_probs.dtype), batch.target_probs)
-        alpha = acceptance_probs(logits, target)
-        length = expected_accepted_length(alpha, batch.valid_mask)  # (B,)
-        n_valid = batch.valid_mask.sum(-1).clamp_min(1)
-        # Normalised per trace to an acceptance rate in [0, 1] so short traces count fully.
-        rate = (length / n_valid)[:, None]
+        per_trace = expected_acceptance_loss(
+            logits, batch.target_probs, batch.valid_mask, greedy=batch.temperature == 0, reduction="none"
+        )  # (B,) minus each trace's expected acceptance rate
         has_valid = batch.valid_mask.any(-1, keepdim=True)
-        loss = weighted_mean(-rate * has_valid, has_valid, batch.weights)
-        return loss, {"losses/expected_accepted": float(length.detach().mean())}
+        loss = weighted_mean(per_trace[:, None] * has_valid, has_valid, batch.weights)
+        expected = -per_trace.detach() * batch.valid_mask.sum(-1)
+        return loss, {"losses/expected_accepted": float(expected.mean())}
 
 
 def make_algorithm(policy, config, accelerator=None) -> Algorithm:
