@@ -78,11 +78,18 @@ class SnapshotSection:
         None,
     )
     follow_interval: float = _help("follow mode: seconds between two looks at the followed LATEST.json", 1.0)
+    follow_max_change: float = _help("follow mode: refuse a version whose weights differ from the live one's by more "
+                                     "than this fraction of their norm (garbage, not a learner's next step)", 1.0)  # fmt: skip
+    follow_max_jump: int = _help("follow mode: refuse a version numbered more than this many above the live one "
+                                 "(a crafted number would hide every real version after it)", 1000)  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.keep < 1:
             raise ValueError(f"snapshots.keep={self.keep} must be >= 1")
         if not self.follow_interval > 0:
             raise ValueError(f"snapshots.follow_interval={self.follow_interval} must be > 0 seconds")
+        if not self.follow_max_change > 0 or self.follow_max_jump < 1:
+            raise ValueError(f"snapshots.follow_max_change={self.follow_max_change} must be > 0 and "
+                             f"snapshots.follow_max_jump={self.follow_max_jump} >= 1")  # fmt: skip
         if self.follow is not None and not self.follow.strip():
             raise ValueError("snapshots.follow='' is empty: give the directory a learner writes its snapshots to, or null")
