@@ -26,6 +26,8 @@ class ServerSection:
     max_prompt_tokens: int | None = _help("longest prompt accepted, in tokens (null = the target's context minus 1)", None)
     max_tokens: int = _help("largest max_tokens a request may ask for", 1024)
     default_max_tokens: int = _help("max_tokens of a request that does not say", 128)
+    read_timeout: float = _help("seconds a request's whole body may take to arrive after its headers (408 after)", 30.0)
+    max_header_bytes: int = _help("largest request line + headers accepted (the connection is refused above)", 16_384)
     drain_seconds: float = _help("on shutdown, how long in-flight requests may take to finish before they are cancelled", 10.0)
     log_level: str = _help("uvicorn log level: critical | error | warning | info | debug", "info")
 
@@ -42,6 +44,9 @@ class ServerSection:
                 f"server.default_max_tokens={self.default_max_tokens} exceeds server.max_tokens={self.max_tokens}; "
                 "lower the default or raise the limit"
             )
+        if not self.read_timeout > 0 or self.max_header_bytes < 1024:
+            raise ValueError(f"server.read_timeout={self.read_timeout} must be > 0 s and "
+                             f"server.max_header_bytes={self.max_header_bytes} >= 1024")  # fmt: skip
         if self.drain_seconds < 0:
             raise ValueError(f"server.drain_seconds={self.drain_seconds} must be >= 0")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):

@@ -100,13 +100,13 @@ def build_server(
         decode = replace(decode, explore_temperature=algo.explore_temperature)
     eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     decode_engine = Engine(target, live, decode, eos, engine, seed)
-    metrics = ServingMetrics(decode.k, decode_engine, live, learning, follower)
+    metrics = ServingMetrics(decode.k, decode_engine, live, learning, follower, store)
     decode_engine.add_trace_listener(metrics.observe_trace)
     decode_engine.add_finish_listener(metrics.observe_finished)
     if learning is not None:
         decode_engine.add_trace_listener(learning.observe)
     app = create_app(engine=decode_engine, live=live, tokenizer=tokenizer, config=server, model_name=model_name,
-                     metrics=metrics, learning=learning, follower=follower)  # fmt: skip
+                     metrics=metrics, learning=learning, follower=follower, snapshots=store)  # fmt: skip
     return Server(app, decode_engine, live, metrics, learning, store, follower, resumed)
 
 
