@@ -153,11 +153,14 @@ def test_shutdown_stops_the_learner_and_saves_its_state(tmp_path):
     assert SnapshotStore(tmp_path).latest_version() == server.live.version
 
 
-def test_a_restarted_server_continues_the_version_numbers(tmp_path):
+def test_a_restarted_server_resumes_the_last_version_and_continues_the_numbers(tmp_path):
     tokenizer, model = tiny()
-    SnapshotStore(tmp_path).save(SmallLMDrafter(model, version=7))  # left by an earlier run
-    server = tiny_server(snapshot_dir=tmp_path)
-    assert server.live.version == 8 and SnapshotStore(tmp_path).latest_version() == 8
+    left = SmallLMDrafter(model, version=7)
+    SnapshotStore(tmp_path).save(left)  # left by an earlier run
+    server = tiny_server(snapshot_dir=tmp_path)  # (its own starting draft is another one)
+    assert server.live.version == 7 and server.live.next_version == 8 and SnapshotStore(tmp_path).latest_version() == 7
+    for name, value in server.live.current.model.state_dict().items():  # v7's weights, not the starting draft's
+        assert torch.equal(value, left.model.state_dict()[name]), name
 
 
 def test_a_throttled_learner_rests_in_proportion_to_its_work(monkeypatch):
