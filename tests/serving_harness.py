@@ -79,6 +79,14 @@ def serving(server: Server, section: ServerSection = ServerSection()) -> Iterato
         sock.close()
 
 
+def metric(url: str, name: str) -> float:
+    """The value of an unlabelled (or fully labelled) sample ``name`` on ``url``/metrics."""
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
 def greedy(model, prompt_ids: list[int], max_new_tokens: int, eos: int, pad: int) -> list[int]:
     """The target's own greedy continuation (HF generate), EOS included if it stopped there."""
     out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,

@@ -16,7 +16,7 @@ from aurora_rl.serving.follow import SnapshotFollower
 from aurora_rl.serving.learner import LearnerConfig
 from aurora_rl.serving.publish import LivePolicy
 from aurora_rl.serving.snapshots import SnapshotStore
-from serving_harness import complete, noisy_drafter, serving, tiny, tiny_server, wait_for
+from serving_harness import complete, metric, noisy_drafter, serving, tiny, tiny_server, wait_for
 
 PROMPTS = ["def fibonacci(n):\n", "SELECT name FROM", "The river ran quietly through the", "User: hello\nAssistant:"]
 
@@ -28,13 +28,6 @@ def write_versions(directory, *versions, keep=10):
     for draft in drafts.values():
         store.save(draft)
     return drafts
-
-
-def metric(url, name):
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not exported")
 
 
 def truncate(path):
