@@ -77,6 +77,7 @@ class Soak:
         self.up = asyncio.Event()
         self.killed_at: float | None = None
         self.requests = 0
+        self.in_flight = 0
         self.server: subprocess.Popen | None = None
         self.started = time.monotonic()
 
@@ -87,18 +88,19 @@ class Soak:
         self.server = subprocess.Popen(
             [sys.executable, "-m", "aurora_rl.serve", "world.name=tiny", "draft=pretrained", f"server.port={self.port}",
              "progress=false", "server.log_level=warning", "torch_threads=1",
-             f"snapshots.directory={self.out / 'snapshots'}", *self.args.serve_arg, *args],
+             f"snapshots.directory={self.out / 'snapshots'}", "snapshots.keep=1000", *self.args.serve_arg, *args],
             stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True,
         )  # fmt: skip
 
-    async def wait_up(self, client: httpx.AsyncClient) -> None:
+    async def wait_up(self, client: httpx.AsyncClient, release: bool = True) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.server.poll() is not None:
                 raise RuntimeError(f"the server exited ({self.server.returncode}); see {self.out}/server-*.log")
             try:
                 if (await client.get(f"{self.url}/health", timeout=5)).status_code == 200:
-                    self.up.set()
+                    if release:  # let the clients go
+                        self.up.set()
                     return
             except httpx.TransportError:
                 pass
@@ -195,14 +197,22 @@ class Soak:
             self.requests += 1
             roll = self.rng.random()
             kind = "stream" if roll < 0.40 else "plain" if roll < 0.75 else "disconnect" if roll < 0.85 else "bad"
-            await self.one(client, kind)
+            self.in_flight += 1
+            try:
+                await self.one(client, kind)
+            finally:
+                self.in_flight -= 1
 
     async def bursts(self, client: httpx.AsyncClient, deadline: float) -> None:
         while time.monotonic() + 20 < deadline:
             await asyncio.sleep(20)
             await self.up.wait()
             self.requests += self.args.burst
-            await asyncio.gather(*(self.one(client, "plain") for _ in range(self.args.burst)))
+            self.in_flight += 1
+            try:
+                await asyncio.gather(*(self.one(client, "plain") for _ in range(self.args.burst)))
+            finally:
+                self.in_flight -= 1
 
     async def sample_memory(self, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -236,14 +246,18 @@ class Soak:
             workers = [asyncio.create_task(self.client_loop(client, end)) for _ in range(self.args.clients)]
             workers.append(asyncio.create_task(self.bursts(client, end)))
             await asyncio.sleep(max(half - time.monotonic(), 0))
+            self.up.clear()  # the clients pause (bursts too) for the probe; the learner may still publish
+            while self.in_flight:
+                await asyncio.sleep(0.05)
             report["probe_before_kill"] = await self.probe(client)
             report["version_at_kill"] = json.loads((self.out / "snapshots" / "LATEST.json").read_text())["version"]
             self.kill()
             down = time.monotonic()
             self.start_server("restarted")
-            await self.wait_up(client)
+            await self.wait_up(client, release=False)
             report["restart_seconds"] = round(time.monotonic() - down, 1)
-            report["probe_after_restart"] = await self.probe(client)
+            report["probe_after_restart"] = await self.probe(client)  # before the clients are back
+            self.up.set()
             await asyncio.gather(*workers)
             memory.cancel()
             metrics = (await client.get(f"{self.url}/metrics")).text
@@ -256,12 +270,28 @@ class Soak:
                  if line.startswith(("aurora_draft_version ", "aurora_learner_updates_total ", "aurora_internal_errors_total "))}  # fmt: skip
         report.update({
             "minutes": self.args.minutes, "clients": self.args.clients, "requests": self.requests,
-            "outcomes": self.counts, "errors": len(self.errors), "first_errors": self.errors[:10],
+            "outcomes": dict(sorted(self.counts.items())), "errors": len(self.errors), "first_errors": self.errors[:10],
             "lost": self.counts.get("lost", 0), "latency_p50_s": pick(0.50), "latency_p99_s": pick(0.99),
             "final_metrics": final, "server_exit_code": self.server.returncode,
             "rss_mib": {"start": rss[0][1], "peak": max(m for _, m in rss), "end": rss[-1][1], "per_30s": rss[::30]},
         })  # fmt: skip
         return report
+
+
+def offline_accepted_length(snapshots: Path, version: int) -> float:
+    """Mean accepted length of the probes (greedy, 48 tokens) decoding with ``snapshots``/v<version>."""
+    from aurora_rl.core.generate import SpeculativeDecoder
+    from aurora_rl.core.spec import DecodeConfig
+    from aurora_rl.core.target import Target
+    from aurora_rl.serving.snapshots import load_snapshot
+    from aurora_rl.world import get_world
+
+    world = get_world("tiny", progress=False)
+    tokenizer, target = world.tokenizer(), Target(world.target())
+    policy = load_snapshot(snapshots / f"v{version:06d}", version, "small_lm", target)
+    decoder = SpeculativeDecoder(target, policy, DecodeConfig(k=4), [tokenizer.eos_token_id])
+    runs = [decoder.generate(tokenizer(prompt)["input_ids"], 48) for prompt in PROBES]
+    return round(sum(run.accepted_length for run in runs) / len(runs), 3)
 
 
 def main() -> int:
@@ -286,6 +316,10 @@ def main() -> int:
     finally:
         if soak.server is not None and soak.server.poll() is None:
             os.killpg(soak.server.pid, signal.SIGKILL)
+    report["offline_accepted_length"] = {  # the same probes decoded in this process from the files
+        "v0 (pretrained)": offline_accepted_length(out / "snapshots", 0),
+        f"v{report['version_at_kill']} (live at the kill)": offline_accepted_length(out / "snapshots", report["version_at_kill"]),
+    }  # fmt: skip
     (out / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "rss_mib"}, indent=2))
     rss = report["rss_mib"]

@@ -52,7 +52,9 @@ def validation_error(errors: list[dict]) -> APIError:
     if first.get("type") == "missing":
         return APIError(400, f"Missing required parameter: '{'.'.join(loc)}'.", param, "missing_required_parameter")
     where = f"'{'.'.join(loc)}'" if loc else "request body"
-    return APIError(400, f"Invalid {where}: {first.get('msg')} (got {first.get('input')!r}).", param, "invalid_value")
+    got = repr(first.get("input"))
+    got = got if len(got) <= 200 else got[:200] + "..."  # a huge input is not echoed back whole
+    return APIError(400, f"Invalid {where}: {first.get('msg')} (got {got}).", param, "invalid_value")
 
 
 def check_text(text: str, param: str) -> str:
