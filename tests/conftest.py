@@ -10,6 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from processes import processes  # noqa: F401  (the fixture: processes a test starts end with it)
+
 # Tests run on 2 cores next to other work; one intra-op thread avoids contention and
 # makes timings of the suite predictable.
 torch.set_num_threads(1)

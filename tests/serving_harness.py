@@ -18,11 +18,13 @@ from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
+from aurora_rl.serving.http import uvicorn_config
 from aurora_rl.serving.learner import LearnerConfig
 from aurora_rl.serving.server import Server, build_server
 from aurora_rl.world import get_world
 
 MODEL = "aurora-tiny"
+STARTUP_SECONDS = 300  # a backstop for a hung start-up, not a speed requirement
 
 
 @lru_cache(maxsize=1)
@@ -55,18 +57,19 @@ def tiny_server(*, learner: LearnerConfig | None = None, server: ServerSection =
 
 
 @contextmanager
-def serving(server: Server) -> Iterator[str]:
-    """Run ``server.app`` with uvicorn on a free loopback port in a thread; yields the base
-    URL and shuts the server down (lifespan included) on exit."""
+def serving(server: Server, section: ServerSection = ServerSection()) -> Iterator[str]:
+    """Run ``server.app`` with uvicorn (the CLI's settings: ``section``'s header limit) on a
+    free loopback port in a thread; yields the base URL and shuts the server down (lifespan
+    included) on exit."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    uv = uvicorn.Server(uvicorn.Config(server.app, log_level="warning"))
+    uv = uvicorn.Server(uvicorn_config(server, section, log_level="warning"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + STARTUP_SECONDS
     while not uv.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
+            raise RuntimeError(f"uvicorn did not report started within {STARTUP_SECONDS} s (or its thread died)")
         time.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -74,6 +77,14 @@ def serving(server: Server) -> Iterator[str]:
         uv.should_exit = True
         thread.join(60)
         sock.close()
+
+
+def metric(url: str, name: str) -> float:
+    """The value of an unlabelled (or fully labelled) sample ``name`` on ``url``/metrics."""
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
 
 
 def greedy(model, prompt_ids: list[int], max_new_tokens: int, eos: int, pad: int) -> list[int]:
@@ -87,7 +98,9 @@ def text_of(tokenizer, token_ids: list[int]) -> str:
     return tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
+def wait_for(condition, timeout: float = 300.0, what: str = "condition") -> None:
+    """Poll ``condition`` until true; the deadline is only a backstop against a hang (a
+    loaded machine may be slow, never wrong)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

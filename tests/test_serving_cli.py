@@ -2,58 +2,15 @@
 world, ``python -m aurora_rl.serve.replay`` against it, then a clean SIGTERM shutdown."""
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
 from aurora_rl.serve.__main__ import main as serve_main
 from aurora_rl.serve.replay import main as replay_main
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports (held open together, so the OS cannot hand one out twice)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def start_server(port: int, *args: str) -> subprocess.Popen:
-    """``python -m aurora_rl.serve`` on the tiny world, returned once /health answers."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "aurora_rl.serve", "world.name=tiny", f"server.port={port}", "progress=false",
-         "server.log_level=warning", "torch_threads=1", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-    )  # fmt: skip
-    deadline = time.monotonic() + 90
-    while True:
-        assert server.poll() is None, server.stdout.read()
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-            return server
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "the server did not come up within 90 s"
-            time.sleep(0.2)
-
-
-def stop(server: subprocess.Popen) -> str:
-    """SIGTERM (graceful drain); asserts exit status 0 and returns what it printed."""
-    server.send_signal(signal.SIGTERM)
-    output, _ = server.communicate(timeout=60)
-    assert server.returncode == 0, output
-    return output
+from processes import ENV, READY_SECONDS, free_ports
 
 
 def greedy_completion(port: int, prompt: str) -> dict:
@@ -63,11 +20,11 @@ def greedy_completion(port: int, prompt: str) -> dict:
     return response.json()
 
 
-def test_serve_and_replay_clis_end_to_end_and_a_follower_process(tmp_path):
+def test_serve_and_replay_clis_end_to_end_and_a_follower_process(tmp_path, processes):
     port, follower_port = free_ports(2)
     snapshots = tmp_path / "snapshots"
-    server = start_server(port, "draft=scratch", f"snapshots.directory={snapshots}", "learner.min_traces=8",
-                          "learner.publish_every=2")
+    server = processes.serve(port, "draft=scratch", f"snapshots.directory={snapshots}", "learner.min_traces=8",
+                             "learner.publish_every=2")
     follower = None
     try:
         health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
@@ -77,7 +34,7 @@ def test_serve_and_replay_clis_end_to_end_and_a_follower_process(tmp_path):
         replay = subprocess.run(
             [sys.executable, "-m", "aurora_rl.serve.replay", f"url=http://127.0.0.1:{port}/v1", "source=tiny",
              "num_requests=6", "clients=3", "max_tokens=16", "windows=2", f"output={report}"],
-            capture_output=True, text=True, env=ENV, timeout=120,
+            capture_output=True, text=True, env=ENV, timeout=READY_SECONDS,
         )  # fmt: skip
         assert replay.returncode == 0, replay.stdout + replay.stderr
         assert "completed 6  errors 0" in replay.stdout
@@ -86,22 +43,21 @@ def test_serve_and_replay_clis_end_to_end_and_a_follower_process(tmp_path):
         assert summary["latency_seconds"]["p50"] > 0 and sum(w["requests"] for w in summary["windows"]) == 6
 
         # A second process that learns nothing serves the versions the first one publishes.
-        follower = start_server(follower_port, "learn=false", f"snapshots.follow={snapshots}",
-                                "snapshots.follow_interval=0.2")
-        deadline = time.monotonic() + 30
-        while True:  # (the learner may publish again meanwhile: wait until both agree)
+        follower = processes.serve(follower_port, "learn=false", f"snapshots.follow={snapshots}",
+                                   "snapshots.follow_interval=0.2", name="follower")
+
+        def follower_caught_up() -> bool:  # (the learner may publish again meanwhile: wait until both agree)
             latest = json.loads((snapshots / "LATEST.json").read_text())["version"]
-            if httpx.get(f"http://127.0.0.1:{follower_port}/health").json()["draft_version"] == latest:
-                break
-            assert time.monotonic() < deadline, f"the follower never reached v{latest}"
-            time.sleep(0.2)
+            return httpx.get(f"http://127.0.0.1:{follower_port}/health").json()["draft_version"] == latest
+
+        follower.wait_until(follower_caught_up, "the follower to serve the version LATEST.json names")
         prompt = "SELECT name FROM"
         followed = greedy_completion(follower_port, prompt)
         assert followed["choices"][0]["text"] == greedy_completion(port, prompt)["choices"][0]["text"]  # both lossless
         assert min(followed["spec_decode"]["draft_versions"]) >= 0  # a learner's version, not its own start (-1)
-    finally:
-        follower_output = stop(follower) if follower else ""
-        output = stop(server)
+    finally:  # (the processes fixture kills both groups if a stop below fails)
+        follower_output = follower.stop() if follower else ""
+        output = server.stop()
     assert "serving 'aurora-tiny' (draft v0, learning with forward_kl, key off)" in output
     assert "stopped: draft v" in output
     assert (snapshots / "learner" / "learner_state.json").is_file() and (snapshots / "LATEST.json").is_file()

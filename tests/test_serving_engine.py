@@ -52,9 +52,9 @@ def gather(outputs):
     """Every request's outputs, up to and including its final one."""
     collected = {}
     for request_id, q in outputs.items():
-        items = [q.get(timeout=60)]
+        items = [q.get(timeout=300)]
         while not items[-1].finished:
-            items.append(q.get(timeout=60))
+            items.append(q.get(timeout=300))
         collected[request_id] = items
     return collected
 
@@ -180,14 +180,14 @@ def test_cancel_stops_a_request_and_a_failing_step_fails_only_its_request(models
     engine.submit(GenerationRequest("boom", (5, 6, 7), 32), boom_q.put)
     engine.submit(GenerationRequest("fine", (8, 9), 32), fine_q.put)
     engine.start()
-    cancelled_q.get(timeout=30)  # it has started
+    cancelled_q.get(timeout=300)  # it has started
     handle.cancel()
     try:
         queues = [("cancelled", cancelled_q), ("stopped", stopped_q), ("boom", boom_q), ("fine", fine_q)]
-        outputs = {name: [q.get(timeout=30)] for name, q in queues}
+        outputs = {name: [q.get(timeout=300)] for name, q in queues}
         for name, q in queues:
             while not outputs[name][-1].finished:
-                outputs[name].append(q.get(timeout=30))
+                outputs[name].append(q.get(timeout=300))
     finally:
         engine.close()
     assert outputs["cancelled"][-1].stats.finish_reason == "cancelled"

@@ -20,11 +20,13 @@ from aurora_rl.core.target import Target
 import aurora_rl.serving.follow as follow_module
 from aurora_rl.serve.__main__ import main as serve_main
 from aurora_rl.serving.config import EngineSection, SnapshotSection
-from aurora_rl.serving.follow import LOCAL_VERSION, SnapshotFollower, follow_and_learn_error, load_snapshot
+from aurora_rl.serving.follow import LOCAL_VERSION, SnapshotFollower, follow_and_learn_error
+from aurora_rl.serving.snapshots import load_snapshot
 from aurora_rl.serving.learner import LearnerConfig
-from aurora_rl.serving.publish import LivePolicy, SnapshotStore
+from aurora_rl.serving.publish import LivePolicy
+from aurora_rl.serving.snapshots import SnapshotStore
 from aurora_rl.serving.server import build_server
-from serving_harness import MODEL, expected_text, noisy_drafter, serving, tiny, wait_for
+from serving_harness import MODEL, expected_text, metric, noisy_drafter, serving, tiny, wait_for
 from serving_harness import complete as harness_complete
 
 PROMPTS = ["def fibonacci(n):\n", "SELECT name FROM", "The river ran quietly through the"]
@@ -45,13 +47,6 @@ def complete(url, prompt, max_tokens=24):
     answer = harness_complete(url, prompt, max_tokens)
     assert answer["choices"][0]["text"] == expected_text(prompt, max_tokens)  # lossless, whatever draft serves
     return answer
-
-
-def metric(url, name):
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not exported")
 
 
 def same_weights(a, b):
@@ -84,7 +79,7 @@ def test_a_follower_swaps_in_a_version_another_process_writes_mid_stream(tmp_pat
         for chunk in stream:
             if not swapped.is_set():  # the first chunk is out: the learner writes v4 now
                 store.save(new)
-                wait_for(lambda: server.live.version == 4, timeout=10, what="the follower to swap v4 in")
+                wait_for(lambda: server.live.version == 4, what="the follower to swap v4 in")
                 swapped.set()
             chunks.append(chunk)
         answers = [complete(url, prompt) for prompt in PROMPTS]
@@ -123,7 +118,7 @@ def test_unusable_snapshots_are_skipped_and_a_later_good_one_is_picked_up(tmp_pa
         os.replace(partial, pointer)
 
     def skipped(count):
-        wait_for(lambda: server.follower.failures >= count, timeout=10, what=f"{count} skipped snapshots")
+        wait_for(lambda: server.follower.failures >= count, what=f"{count} skipped snapshots")
         assert server.follower.failures == count
 
     with serving(server) as url:
@@ -136,7 +131,7 @@ def test_unusable_snapshots_are_skipped_and_a_later_good_one_is_picked_up(tmp_pa
         point_at(1, "v000001")
         skipped(1)
         polls = server.follower.last_poll
-        wait_for(lambda: server.follower.last_poll > polls + 4 * INTERVAL, timeout=10, what="more polls")
+        wait_for(lambda: server.follower.last_poll > polls + 4 * INTERVAL, what="more polls")
         assert server.follower.failures == 1 and loads == ["v000001"]  # unchanged files are not reloaded every interval
         assert complete(url, PROMPTS[1])["spec_decode"]["draft_versions"] == [LOCAL_VERSION]
 
@@ -149,7 +144,7 @@ def test_unusable_snapshots_are_skipped_and_a_later_good_one_is_picked_up(tmp_pa
         assert complete(url, PROMPTS[2])["spec_decode"]["draft_versions"] == [LOCAL_VERSION]
 
         SnapshotStore(shared).save(good)  # then the learner writes a good version
-        wait_for(lambda: server.live.version == 3, timeout=10, what="the good version")
+        wait_for(lambda: server.live.version == 3, what="the good version")
         answer = complete(url, PROMPTS[0])
         assert answer["spec_decode"]["draft_versions"] == [3]
         assert metric(url, "aurora_follow_failures_total") == 3 and metric(url, "aurora_follow_loaded_total") == 1

@@ -3,7 +3,6 @@ the traces; the learner publishes while serving; NaN updates are rejected; a cra
 learner leaves serving up; a bad version is rolled back; shutdown saves the learner."""
 
 import json
-import time
 import re
 import threading
 from types import SimpleNamespace
@@ -16,17 +15,10 @@ import torch
 import aurora_rl.serving.learner as learner_module
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.serving.learner import LearnerConfig
-from aurora_rl.serving.publish import SnapshotStore
-from serving_harness import MODEL, complete, expected_text, noisy_drafter, serving, tiny, tiny_server, wait_for
+from aurora_rl.serving.snapshots import SnapshotStore
+from serving_harness import MODEL, complete, expected_text, metric, noisy_drafter, serving, tiny, tiny_server, wait_for
 
 PROMPTS = ["def fibonacci(n):\n", "SELECT name FROM", "The river ran quietly through the", "User: hello\nAssistant:"]
-
-
-def metric(url, name):
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not exported")
 
 
 def test_a_swap_during_a_stream_keeps_it_lossless_and_traces_name_both_versions():
@@ -128,9 +120,8 @@ def test_a_version_that_lowers_live_acceptance_is_rolled_back():
         server.live.publish(noisy_drafter(model, scale=5.0, seed=3, version=1))  # a much worse draft goes live
         for prompt in PROMPTS * 2:
             assert complete(url, prompt)["choices"][0]["text"] == expected_text(prompt, 24)
-        deadline = time.monotonic() + 10  # the learner thread judges the swap between its rounds
-        while server.live.rollbacks == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The learner thread judges the swap between its rounds.
+        wait_for(lambda: server.live.rollbacks > 0, what="the learner to judge the swap and roll it back")
         assert server.live.version == 0 and server.live.rollbacks == 1
         assert server.learning.monitor.rolled_back == [1]
         assert metric(url, "aurora_draft_rollbacks_total") == 1
@@ -153,11 +144,14 @@ def test_shutdown_stops_the_learner_and_saves_its_state(tmp_path):
     assert SnapshotStore(tmp_path).latest_version() == server.live.version
 
 
-def test_a_restarted_server_continues_the_version_numbers(tmp_path):
+def test_a_restarted_server_resumes_the_last_version_and_continues_the_numbers(tmp_path):
     tokenizer, model = tiny()
-    SnapshotStore(tmp_path).save(SmallLMDrafter(model, version=7))  # left by an earlier run
-    server = tiny_server(snapshot_dir=tmp_path)
-    assert server.live.version == 8 and SnapshotStore(tmp_path).latest_version() == 8
+    left = SmallLMDrafter(model, version=7)
+    SnapshotStore(tmp_path).save(left)  # left by an earlier run
+    server = tiny_server(snapshot_dir=tmp_path)  # (its own starting draft is another one)
+    assert server.live.version == 7 and server.live.next_version == 8 and SnapshotStore(tmp_path).latest_version() == 7
+    for name, value in server.live.current.model.state_dict().items():  # v7's weights, not the starting draft's
+        assert torch.equal(value, left.model.state_dict()[name]), name
 
 
 def test_a_throttled_learner_rests_in_proportion_to_its_work(monkeypatch):

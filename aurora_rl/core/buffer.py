@@ -23,6 +23,7 @@ class BufferStats:
     size: int
     heldout_size: int
     added: int
+    added_for_training: int  # of ``added``, those that went to training (not held out)
     dropped_full: int  # evicted because the buffer was at capacity (oldest first)
     dropped_stale: int  # discarded at sampling time for being older than max_staleness
     mean_staleness: float  # over the traces currently held, in versions
@@ -71,7 +72,7 @@ class TraceBuffer:
         self._train: deque[Trace] = deque()
         self._heldout: deque[Trace] = deque(maxlen=heldout_capacity)
         self._lock = threading.Lock()
-        self._added = self._dropped_full = self._dropped_stale = 0
+        self._added = self._added_for_training = self._dropped_full = self._dropped_stale = 0
         self._current_version = 0
 
     def is_heldout(self, request_id: str) -> bool:
@@ -87,6 +88,7 @@ class TraceBuffer:
             if self.is_heldout(trace.request_id):
                 self._heldout.append(trace)
                 return
+            self._added_for_training += 1
             if len(self._train) >= self.capacity:
                 self._train.popleft()
                 self._dropped_full += 1
@@ -131,6 +133,11 @@ class TraceBuffer:
         with self._lock:
             return list(self._heldout)
 
+    @property
+    def added_for_training(self) -> int:
+        """Traces that went to training so far (not held out), evicted ones included."""
+        return self._added_for_training
+
     def __len__(self) -> int:
         return len(self._train)
 
@@ -141,6 +148,7 @@ class TraceBuffer:
                 size=len(self._train),
                 heldout_size=len(self._heldout),
                 added=self._added,
+                added_for_training=self._added_for_training,
                 dropped_full=self._dropped_full,
                 dropped_stale=self._dropped_stale,
                 mean_staleness=sum(staleness) / len(staleness) if staleness else 0.0,

@@ -54,7 +54,14 @@ def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
     logits = logits.float()
     if params.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-    logits = logits / params.temperature
+    # Shift by the maximum before dividing: the softmax is the same, and a tiny temperature
+    # (1e-40) sends the others to -inf and the maximum to 0 instead of overflowing to
+    # inf - inf = NaN. Below float32's range the division runs in float64.
+    shifted = logits - logits.amax(-1, keepdim=True)
+    if params.temperature < torch.finfo(torch.float32).tiny:
+        logits = (shifted.double() / params.temperature).float()
+    else:
+        logits = shifted / params.temperature
     if params.top_k > 0 and params.top_k < logits.shape[-1]:
         kth_value = logits.topk(params.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth_value, float("-inf"))

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import uvicorn
 from transformers import AutoTokenizer
 
 from aurora_rl.core.target import Target, check_tokenizer_fits, load_causal_lm
 from aurora_rl.serve.config import ConfigError, as_train_config, describe, load_config, to_yaml
+from aurora_rl.serving import http
 from aurora_rl.serving.server import build_server
 from aurora_rl.train.arms import Setting, pretrained, scratch_drafter
 from aurora_rl.world import get_world
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     if server.snapshots is not None:
         (server.snapshots.directory / "serve_config.yaml").write_text(to_yaml(cfg))
+    if server.resumed is not None:
+        print(f"snapshots {server.snapshots.directory}: {server.resumed}", flush=True)
     if server.follower is not None:
         learning = f"following {server.follower.directory}"
     else:
@@ -98,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     # one lets main finish (summary, exit status 0) instead of dying on the re-raise.
     for handled in (signal.SIGINT, signal.SIGTERM):
         signal.signal(handled, lambda *_: None)
-    uvicorn.run(server.app, host=cfg.server.host, port=cfg.server.port, log_level=cfg.server.log_level,
-                timeout_graceful_shutdown=cfg.server.drain_seconds)  # fmt: skip
+    http.run(server, cfg.server)
 
     learner = server.learning.learner if server.learning else None
     follower = server.follower

@@ -14,14 +14,13 @@ request, and the server goes on serving the next one.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 import uuid
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
@@ -33,9 +32,11 @@ from aurora_rl.serving.chat import format_chat
 from aurora_rl.serving.config import ServerSection
 from aurora_rl.serving.engine import Engine, GenerationRequest, RequestStats
 from aurora_rl.serving.follow import SnapshotFollower
-from aurora_rl.serving.generation import Piece, Submission, text_pieces
-from aurora_rl.serving.metrics import ServingMetrics
-from aurora_rl.serving.middleware import BodyLimit, CountRequests
+from aurora_rl.serving.generation import ClientGone, Piece, Submission, text_pieces, unless_disconnected
+from aurora_rl.serving.metrics import ServingMetrics, health_problems
+from aurora_rl.serving.middleware import (
+    BodyLimit, CatchAll, CountRequests, HeaderLimit, ReadTimeout, RequireJSON, RequireKey, error_response,
+)  # fmt: skip
 from aurora_rl.serving.online import OnlineLearning
 from aurora_rl.serving.protocol import (
     APIError, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
@@ -43,6 +44,7 @@ from aurora_rl.serving.protocol import (
     SpecDecodeStats, Usage, validation_error,
 )  # fmt: skip
 from aurora_rl.serving.publish import LivePolicy
+from aurora_rl.serving.snapshots import SnapshotStore
 
 EXTENSION_FIELDS = ("usage", "spec_decode", "system_fingerprint")
 
@@ -97,12 +99,14 @@ def create_app(
     metrics: ServingMetrics,
     learning: OnlineLearning | None = None,
     follower: SnapshotFollower | None = None,
+    snapshots: SnapshotStore | None = None,
 ) -> FastAPI:
     """The app. Its lifespan starts the engine (and learner, or snapshot follower) and, on
     shutdown, stops the follower, drains the engine for ``config.drain_seconds``, then stops
     the learner and saves its state."""
     created = int(time.time())
     max_prompt = min(config.max_prompt_tokens or engine.max_context, engine.max_context - 1)
+    max_token_bytes = max(len(token.encode("utf-8", "surrogatepass")) for token in tokenizer.get_vocab())
     default = engine.decode.sampling
 
     @asynccontextmanager
@@ -122,12 +126,17 @@ def create_app(
                 await asyncio.to_thread(learning.stop)
 
     app = FastAPI(title="aurora_rl", summary="Online speculative decoding, OpenAI-compatible", lifespan=lifespan)
+    app.add_middleware(ReadTimeout, seconds=config.read_timeout)  # innermost
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
-    app.add_middleware(CountRequests, metrics=metrics)  # outermost: counts the 413s too
+    app.add_middleware(RequireJSON)
+    app.add_middleware(RequireKey, api_key=config.api_key)
+    app.add_middleware(HeaderLimit, limit=config.max_header_bytes)
+    app.add_middleware(CatchAll, metrics=metrics)
+    app.add_middleware(CountRequests, metrics=metrics)  # outermost: counts every answer, 500s included
 
     @app.exception_handler(APIError)
-    async def api_error(request: Request, error: APIError) -> JSONResponse:
-        return JSONResponse(error.body(), error.status)
+    async def api_error(request: Request, error: APIError) -> Response:
+        return error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -140,18 +149,8 @@ def create_app(
         elif error.status_code == 405:
             message, code = f"Method {request.method} is not allowed on {request.url.path}.", "method_not_allowed"
         else:
-            message, code = str(error.detail), "request_too_large" if error.status_code == 413 else None
-        return await api_error(request, APIError(error.status_code, message, code=code))
-
-    async def require_key(authorization: str | None = Header(None)) -> None:
-        if config.api_key is None:
-            return
-        if not authorization or not authorization.startswith("Bearer "):
-            raise APIError(401, "You didn't provide an API key: send it as 'Authorization: Bearer <key>'.",
-                           code="missing_api_key")  # fmt: skip
-        if not hmac.compare_digest(authorization.removeprefix("Bearer ").encode(), config.api_key.encode()):
-            raise APIError(401, "Incorrect API key provided; use the key this server was started with "
-                                "(server.api_key or $AURORA_RL_API_KEY).", code="invalid_api_key")  # fmt: skip
+            message, code = str(error.detail), {413: "request_too_large", 408: "request_timeout"}.get(error.status_code)
+        return error_response(APIError(error.status_code, message, code=code, headers=error.headers))
 
     def check_model(name: str) -> None:
         if name != model_name:
@@ -185,16 +184,42 @@ def create_app(
         )
         return GenerationRequest(f"{prefix}-{uuid.uuid4().hex}", tuple(ids), budget, sampling, body.seed)
 
-    def encode(prompt: str | list[int]) -> list[int]:
+    def check_size(texts: list[str], param: str) -> None:
+        """Refuse text that cannot fit before tokenising it (a token spans at most
+        ``max_token_bytes`` bytes, so the count of bytes bounds the count of tokens)."""
+        size = sum(len(text.encode("utf-8")) for text in texts)
+        if (at_least := -(-size // max_token_bytes)) > max_prompt:
+            raise APIError(400, f"The prompt is at least {at_least} tokens long ({size} bytes of text); this server accepts "
+                                f"at most {max_prompt} (server.max_prompt_tokens). Shorten the prompt.", param,
+                           "context_length_exceeded")  # fmt: skip
+
+    async def encode(prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
-            return tokenizer(prompt)["input_ids"]
+            check_size([prompt], "prompt")
+            return (await asyncio.to_thread(tokenizer, prompt))["input_ids"]  # off the event loop
         bad = [t for t in prompt if not 0 <= t < engine.vocab_size]
         if bad:
             raise APIError(400, f"Invalid 'prompt': token ids {bad[:5]} lie outside the vocabulary [0, {engine.vocab_size}).",
                            "prompt", "invalid_value")  # fmt: skip
         return list(prompt)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+    async def finished(http: Request, pieces: AsyncIterator[Piece]) -> tuple[str, Piece]:
+        """The whole text and the last piece of a non-streamed answer; decoding is
+        cancelled if the client disconnects first (then a 499 goes nowhere)."""
+
+        async def collect() -> tuple[str, Piece]:
+            text, last = "", None
+            async for last in pieces:
+                text += last.text
+            return text, last
+
+        try:
+            return await unless_disconnected(http.receive, collect())
+        except ClientGone:
+            raise APIError(499, "The client closed the connection before the answer was ready; decoding was cancelled.",
+                           code="client_closed_request") from None  # fmt: skip
+
+    v1 = APIRouter(prefix="/v1")
 
     @v1.get("/models")
     async def models() -> dict:
@@ -206,9 +231,9 @@ def create_app(
         return _dump(ModelCard(id=model_name, created=created))
 
     @v1.post("/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, http: Request):
         check_model(body.model)
-        request = plan(body, encode(body.single_prompt()), body.max_tokens, "max_tokens", "prompt", "cmpl")
+        request = plan(body, await encode(body.single_prompt()), body.max_tokens, "max_tokens", "prompt", "cmpl")
         submission = Submission(engine, request)
         pieces = text_pieces(submission, tokenizer, body.stop_strings())
         now = int(time.time())
@@ -232,17 +257,17 @@ def create_app(
                                                  usage=_usage(piece.stats))  # fmt: skip
 
             return StreamingResponse(_sse(events()), media_type="text/event-stream", headers={"X-Request-Id": request.request_id})
-        text, last = "", None
-        async for last in pieces:
-            text += last.text
+        text, last = await finished(http, pieces)
         response = chunk(text, last)
         response.usage = _usage(last.stats)
         return JSONResponse(_dump(response), headers={"X-Request-Id": request.request_id})
 
     @v1.post("/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest):
+    async def chat_completions(body: ChatCompletionRequest, http: Request):
         check_model(body.model)
-        prompt = format_chat(tokenizer, [(m.role, m.text()) for m in body.messages])
+        messages = body.texts()
+        check_size([text for _, text in messages], "messages")
+        prompt = await asyncio.to_thread(format_chat, tokenizer, messages)  # tokenises: off the event loop
         budget_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         request = plan(body, prompt.token_ids, body.token_budget(), budget_param, "messages", "chatcmpl")
         submission = Submission(engine, request)
@@ -267,9 +292,7 @@ def create_app(
                             yield ChatCompletionChunk(**header, choices=[], usage=_usage(piece.stats))
 
             return StreamingResponse(_sse(events()), media_type="text/event-stream", headers={"X-Request-Id": request.request_id})
-        text, last = "", None
-        async for last in pieces:
-            text += last.text
+        text, last = await finished(http, pieces)
         response = ChatCompletionResponse(
             **header, system_fingerprint=_fingerprint(last.draft_version),
             choices=[ChatChoice(message=ChatMessageOut(content=text), finish_reason=last.finish_reason)],
@@ -282,13 +305,15 @@ def create_app(
     @app.get("/health")
     async def health() -> JSONResponse:
         serving = engine.running and engine.accepting
+        problems = health_problems(learning, snapshots)
         body = {
-            "status": "ok" if serving else "unavailable",
+            "status": ("degraded" if problems else "ok") if serving else "unavailable",
             "model": model_name,
             "draft_version": live.version,
             "learner": learning.learner.state if learning is not None else "off",
             "queue_depth": engine.queue_depth,
             "active_requests": engine.num_active,
+            **({"problems": problems} if problems else {}),
         }
         return JSONResponse(body, 200 if serving else 503)
 

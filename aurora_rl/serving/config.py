@@ -26,6 +26,8 @@ class ServerSection:
     max_prompt_tokens: int | None = _help("longest prompt accepted, in tokens (null = the target's context minus 1)", None)
     max_tokens: int = _help("largest max_tokens a request may ask for", 1024)
     default_max_tokens: int = _help("max_tokens of a request that does not say", 128)
+    read_timeout: float = _help("seconds a request's whole body may take to arrive after its headers (408 after)", 30.0)
+    max_header_bytes: int = _help("largest request line + headers accepted (the connection is refused above)", 16_384)
     drain_seconds: float = _help("on shutdown, how long in-flight requests may take to finish before they are cancelled", 10.0)
     log_level: str = _help("uvicorn log level: critical | error | warning | info | debug", "info")
 
@@ -42,6 +44,9 @@ class ServerSection:
                 f"server.default_max_tokens={self.default_max_tokens} exceeds server.max_tokens={self.max_tokens}; "
                 "lower the default or raise the limit"
             )
+        if not self.read_timeout > 0 or self.max_header_bytes < 1024:
+            raise ValueError(f"server.read_timeout={self.read_timeout} must be > 0 s and "
+                             f"server.max_header_bytes={self.max_header_bytes} >= 1024")  # fmt: skip
         if self.drain_seconds < 0:
             raise ValueError(f"server.drain_seconds={self.drain_seconds} must be >= 0")
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
@@ -78,11 +83,18 @@ class SnapshotSection:
         None,
     )
     follow_interval: float = _help("follow mode: seconds between two looks at the followed LATEST.json", 1.0)
+    follow_max_change: float = _help("follow mode: refuse a version whose weights differ from the live one's by more "
+                                     "than this fraction of their norm (garbage, not a learner's next step)", 1.0)  # fmt: skip
+    follow_max_jump: int = _help("follow mode: refuse a version numbered more than this many above the live one "
+                                 "(a crafted number would hide every real version after it)", 1000)  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.keep < 1:
             raise ValueError(f"snapshots.keep={self.keep} must be >= 1")
         if not self.follow_interval > 0:
             raise ValueError(f"snapshots.follow_interval={self.follow_interval} must be > 0 seconds")
+        if not self.follow_max_change > 0 or self.follow_max_jump < 1:
+            raise ValueError(f"snapshots.follow_max_change={self.follow_max_change} must be > 0 and "
+                             f"snapshots.follow_max_jump={self.follow_max_jump} >= 1")  # fmt: skip
         if self.follow is not None and not self.follow.strip():
             raise ValueError("snapshots.follow='' is empty: give the directory a learner writes its snapshots to, or null")

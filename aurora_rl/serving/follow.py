@@ -2,7 +2,7 @@
 
 A learner (``python -m aurora_rl.serve`` with learning on, on this machine or on another one
 sharing the filesystem) writes every version it publishes with
-:class:`~aurora_rl.serving.publish.SnapshotStore`: ``v000042/`` is moved into place whole,
+:class:`~aurora_rl.serving.snapshots.SnapshotStore`: ``v000042/`` is moved into place whole,
 then ``LATEST.json`` is replaced. A :class:`SnapshotFollower` reads that pointer every
 ``interval`` seconds on its own thread. When it names a newer version, the follower loads it
 with the drafters' own strict checkpoint loading, checks that it can serve here, and
@@ -19,21 +19,15 @@ Nothing on the follower's thread can take serving down.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.target import Target
-from aurora_rl.policies.checkpoint import read_manifest
-from aurora_rl.policies.eagle import EagleDrafter
-from aurora_rl.policies.small_lm import SmallLMDrafter
-from aurora_rl.serving.publish import LATEST, LivePolicy
+from aurora_rl.serving.publish import LivePolicy
+from aurora_rl.serving.snapshots import Latest, UnusableSnapshot, load_snapshot, newest_good, read_latest, relative_change
 
 logger = logging.getLogger(__name__)
 
@@ -52,76 +46,6 @@ def follow_and_learn_error(directory: str) -> str:
     )
 
 
-class UnusableSnapshot(Exception):
-    """A snapshot this server cannot serve; the message says why."""
-
-
-@dataclass(frozen=True)
-class Latest:
-    """What ``LATEST.json`` points at."""
-
-    version: int
-    path: Path
-
-
-def read_latest(directory: str | Path) -> Latest | None:
-    """The version ``directory/LATEST.json`` names (None while there is none).
-
-    Raises:
-        UnusableSnapshot: the pointer exists but cannot be read or names no version.
-    """
-    directory = Path(directory)
-    pointer = directory / LATEST
-    try:
-        data = json.loads(pointer.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:  # ValueError: not JSON (or not text)
-        raise UnusableSnapshot(f"{pointer} is unreadable: {error}") from None
-    try:
-        version = int(data["version"])
-        name = str(data.get("path") or f"v{version:06d}")
-    except (TypeError, KeyError, ValueError):
-        raise UnusableSnapshot(f"{pointer} names no version: {data!r}") from None
-    if name in ("", ".", "..") or Path(name).name != name:  # a sibling directory, nothing else
-        raise UnusableSnapshot(f"{pointer} points outside the directory: path={name!r}")
-    return Latest(version, directory / name)
-
-
-def load_snapshot(path: str | Path, version: int, kind: str, target: Target) -> DraftPolicy:
-    """Load the drafter saved at ``path`` and check that it can serve next to ``target`` as
-    version ``version`` of kind ``kind``.
-
-    Raises:
-        UnusableSnapshot: the manifest names another version or kind, the vocabulary is not
-            the target's, or a weight is NaN/inf.
-        FileNotFoundError, ValueError, OSError, ...: whatever the strict loader raises for a
-            missing file, a missing / unexpected / mis-shaped weight or a truncated file.
-    """
-    path = Path(path)
-    manifest = read_manifest(path)
-    if manifest.get("version") != version:
-        raise UnusableSnapshot(f"{path}/policy.json says version {manifest.get('version')!r}, LATEST.json says {version}")
-    if manifest.get("kind") != kind:
-        raise UnusableSnapshot(
-            f"{path} holds a {manifest.get('kind')!r} drafter but this server serves {kind!r} drafters "
-            f"(start the follower with drafter.kind={manifest.get('kind')})"
-        )
-    if kind == "eagle":
-        policy = EagleDrafter.from_pretrained(path, target)
-        weights = policy.head
-    else:
-        policy = SmallLMDrafter.from_pretrained(path)
-        weights = policy.model
-    if policy.vocab_size != target.vocab_size:
-        raise UnusableSnapshot(f"{path} proposes over {policy.vocab_size} tokens, the target's vocabulary has {target.vocab_size}")
-    with torch.no_grad():
-        bad = [name for name, value in weights.named_parameters() if not torch.isfinite(value).all()]
-    if bad:
-        raise UnusableSnapshot(f"{path} has non-finite weights: {bad[:3]}{' ...' if len(bad) > 3 else ''}")
-    return policy
-
-
 class SnapshotFollower:
     """Publishes into a ``LivePolicy`` each newer version another process writes to ``directory``.
 
@@ -131,15 +55,22 @@ class SnapshotFollower:
         target: the served target (loading checks the drafter fits it; EAGLE heads attach to it).
         kind: the drafter kind this server serves (``small_lm`` or ``eagle``).
         interval: seconds between two reads of ``LATEST.json``.
+        max_change: a version whose weights differ from the live learner version's by more
+            than this fraction of their norm (``||w - w_live|| / ||w_live||``) is refused as
+            garbage: a learner moves its draft a little per version.
+        max_jump: a version numbered more than this many above the live learner version is
+            refused (a crafted number would otherwise hide every real version after it).
 
     Counters (read by ``/metrics``): ``loaded`` versions published, ``failures`` snapshots
     (or ``LATEST.json`` contents) skipped, ``rollbacks`` followed, ``latest_version`` the
     version ``LATEST.json`` named at the last look, ``last_error``.
     """
 
-    def __init__(self, directory: str | Path, target: Target, kind: str, interval: float = 1.0) -> None:
+    def __init__(self, directory: str | Path, target: Target, kind: str, interval: float = 1.0,
+                 max_change: float = 1.0, max_jump: int = 1000) -> None:  # fmt: skip
         if not interval > 0:
             raise ValueError(f"interval={interval} must be > 0 seconds")
+        self.max_change, self.max_jump = max_change, max_jump
         self.directory = Path(directory)
         self.target = target
         self.kind = kind
@@ -160,13 +91,17 @@ class SnapshotFollower:
     def initial(self, fallback: DraftPolicy) -> DraftPolicy:
         """What serving starts with: the latest snapshot if there is one that loads, else
         ``fallback`` under :data:`LOCAL_VERSION` until the first snapshot arrives."""
-        latest = self._read_latest()
-        if latest is not None:
-            policy = self._load(latest)
-            if policy is not None:
-                self.loaded += 1
-                logger.info("following %s: starting with v%d", self.directory, latest.version)
-                return policy
+        self._read_latest()
+        found = newest_good(self.directory, self.kind, self.target)
+        for why in found.skipped:
+            self.failures += 1
+            self.last_error = why
+            logger.warning("following %s: skipped %s", self.directory, why)
+        if found.policy is not None:
+            self.loaded += 1
+            passed = f" (passed over {len(found.skipped)} unusable: see above)" if found.skipped else ""
+            logger.info("following %s: starting with v%d%s", self.directory, found.policy.version, passed)
+            return found.policy
         logger.warning("following %s: no usable snapshot yet; serving the local starting draft as v%d until one "
                        "arrives", self.directory, LOCAL_VERSION)  # fmt: skip
         return fallback.clone(version=LOCAL_VERSION)
@@ -195,7 +130,9 @@ class SnapshotFollower:
                                latest.version, live.version, live.version)  # fmt: skip
             return False
         started = time.perf_counter()
-        policy = self._load(latest, serving=live.version)
+        policy = self._load(latest, live)
+        if policy is None and live.version == LOCAL_VERSION:  # still on the local draft: an older good one beats it
+            policy = newest_good(self.directory, self.kind, self.target, below=latest.version).policy
         if policy is None or self._stop.is_set():  # a follower being stopped swaps nothing in
             return False
         was = live.version
@@ -215,7 +152,7 @@ class SnapshotFollower:
             self.latest_version = latest.version
         return latest
 
-    def _load(self, latest: Latest, serving: int | None = None) -> DraftPolicy | None:
+    def _load(self, latest: Latest, live: LivePolicy) -> DraftPolicy | None:
         # The state of the files before loading: if loading fails, it is retried only once
         # they change (a snapshot being copied in, or replaced), not every interval.
         made_of = ("snapshot", latest.version, _files_of(latest.path))
@@ -223,11 +160,28 @@ class SnapshotFollower:
             return None
         try:
             policy = load_snapshot(latest.path, latest.version, self.kind, self.target)
+            if live.version != LOCAL_VERSION:  # a learner's version to compare with
+                self._check_plausible(policy, live.current)
         except Exception as error:  # anything a broken snapshot raises; serving must go on
-            self._skip(made_of, f"v{latest.version}: {type(error).__name__}: {error}", serving)
+            self._skip(made_of, f"v{latest.version}: {type(error).__name__}: {error}", live.version)
             return None
         self._failed = None
         return policy
+
+    def _check_plausible(self, policy: DraftPolicy, live: DraftPolicy) -> None:
+        """Refuse what no learner publishes after ``live``: a far jump in numbering, or
+        weights (finite, but) far from the live version's."""
+        if policy.version - live.version > self.max_jump:
+            raise UnusableSnapshot(
+                f"v{policy.version} is {policy.version - live.version} versions ahead of the live v{live.version} "
+                f"(more than snapshots.follow_max_jump={self.max_jump}); a learner publishes one version at a time"
+            )
+        change = relative_change(policy, live)
+        if change > self.max_change:
+            raise UnusableSnapshot(
+                f"its weights differ from the live v{live.version}'s by {change:.3g} of their norm (more than "
+                f"snapshots.follow_max_change={self.max_change}); not a learner's next version"
+            )
 
     def _skip(self, made_of: tuple, why: str, serving: int | None) -> None:
         if made_of == self._failed:  # the same unreadable LATEST.json: warned already

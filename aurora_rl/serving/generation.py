@@ -9,14 +9,20 @@ incrementally, applies stop strings, and turns engine failures into API errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
 from aurora_rl.serving.detokenize import IncrementalDetokenizer
 from aurora_rl.serving.engine import SHUTTING_DOWN, Engine, EngineClosed, EngineFull, EngineOutput, GenerationRequest, RequestStats
 from aurora_rl.serving.protocol import APIError
+
+T = TypeVar("T")
+
+# What a 429 asks clients to wait: a queue of short requests drains in about a second.
+RETRY_AFTER_SECONDS = 1
 
 
 class Submission:
@@ -33,7 +39,8 @@ class Submission:
         try:
             self._handle = engine.submit(request, lambda output: loop.call_soon_threadsafe(self._outputs.put_nowait, output))
         except EngineFull as error:
-            raise APIError(429, f"The server is at capacity: {error}.", code="queue_full") from None
+            raise APIError(429, f"The server is at capacity: {error}.", code="queue_full",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None  # fmt: skip
         except EngineClosed:
             raise APIError(503, "The server is shutting down and takes no new requests; retry on another replica.",
                            code="shutting_down") from None  # fmt: skip
@@ -52,6 +59,40 @@ class Submission:
 
     def cancel(self, finish_reason: str = "cancelled") -> None:
         self._handle.cancel(finish_reason)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready; its decoding was cancelled."""
+
+
+async def unless_disconnected(receive, work: Awaitable[T]) -> T:
+    """``await work``, cancelling it if the client disconnects first (``receive`` is the
+    request's ASGI receive, its body already read: its next message is the disconnect).
+
+    Raises:
+        ClientGone: the client went away; ``work`` was cancelled (and with it the request's
+            decoding: :meth:`Submission.outputs` cancels the engine request when left).
+    """
+    task = asyncio.ensure_future(work)
+
+    async def disconnect() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the handler itself is being cancelled: so is the work
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise ClientGone()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ and, after a rollback, restarts training from the restored version.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import traceback
@@ -60,6 +61,8 @@ class LearnerConfig:
     heldout_fraction: float = _help("share of requests kept out of training for the gate", 0.1)
     rollback_window: int = _help("live traces of a new version on which it is judged against the one it replaced (0 = never roll back)", 64)
     rollback_drop: float = _help("roll back if, on those same traces, the new version scores this fraction below the old one", 0.1)
+    max_passes: float = _help("train only on new evidence: at most this many expected passes over each training trace "
+                              "(updates <= traces seen * max_passes / batch size); without new traffic the learner idles", 4.0)  # fmt: skip
     async_idle_seconds: float = _help("async: sleep when there is nothing to train on", 0.05)
     async_busy_fraction: float = _help("async: most of the wall-clock time the learner may spend training; after each step it rests so that it stays under this share (1 = never rests), leaving CPU to decoding on shared cores", 1.0)
 
@@ -77,6 +80,8 @@ class LearnerConfig:
             raise ValueError(f"learner.rollback_drop must be in [0, 1), got {self.rollback_drop}")
         if not 0.0 < self.async_busy_fraction <= 1.0:
             raise ValueError(f"learner.async_busy_fraction must be in (0, 1], got {self.async_busy_fraction}")
+        if not self.max_passes > 0:
+            raise ValueError(f"learner.max_passes must be > 0, got {self.max_passes}")
         if self.rollback_window < 0:
             raise ValueError(f"learner.rollback_window must be >= 0, got {self.rollback_window}")
 
@@ -105,8 +110,10 @@ class Learner:
 
     def __init__(self, live: LivePolicy, buffer: TraceBuffer, algo: AlgoConfig, config: LearnerConfig,
                  pad_id: int = 0, seed: int = 0, accelerator=None,
-                 on_rollback: Callable[[int, DraftPolicy], None] | None = None) -> None:
+                 on_rollback: Callable[[int, DraftPolicy], None] | None = None,
+                 on_checkpoint: Callable[[], None] | None = None) -> None:
         self.live, self.buffer, self.algo_config, self.config = live, buffer, algo, config
+        self.on_checkpoint = on_checkpoint  # after each publish attempt, on the learner thread
         self.monitor = SwapMonitor(live, config.rollback_window, config.rollback_drop)
         self.on_rollback = on_rollback
         self.pad_id = pad_id
@@ -117,6 +124,8 @@ class Learner:
         self.published = 0
         self.gate_rejections = 0
         self.rejected_updates = 0  # all runs of the algorithm (reset_to_live starts a new one)
+        self.batches_drawn = 0  # in this process: what the new-evidence budget is spent on
+        self.idle_waits = 0  # async rounds that found nothing to do (no traces, or no new ones)
         self.last_gate: GateDecision | None = None
         self.error: str | None = None
         self.metrics: deque[dict[str, float]] = deque(maxlen=10_000)
@@ -137,7 +146,22 @@ class Learner:
         return self.algorithm.needs_exploration
 
     def ready(self) -> bool:
-        return len(self.buffer) >= self.config.min_traces
+        return len(self.buffer) >= self.config.min_traces and self.budget() > 0
+
+    def budget(self) -> int:
+        """Updates the traces seen so far still pay for (``max_passes`` expected passes over
+        each); 0 means: wait for new traffic rather than retrain the same traces. Sync
+        rounds are paced by decoding already (``train_every``) and are not limited."""
+        if self.config.mode == "sync":
+            return sys.maxsize
+        paid = int(self.buffer.added_for_training * self.config.max_passes / self.algo_config.batch_size)
+        return paid - self.batches_drawn
+
+    def resume(self, policy: DraftPolicy, optimizer_state: dict) -> None:
+        """Continue training ``policy`` (a saved trained copy) with its saved optimizer state."""
+        with self._lock:
+            self.algorithm = make_algorithm(policy, self.algo_config, self.accelerator)
+            self.algorithm.optimizer.load_state_dict(optimizer_state)
 
     def observe(self, trace: Trace) -> None:
         """Decode side: one trace in (buffer + swap monitor); never blocks on training."""
@@ -157,10 +181,11 @@ class Learner:
                 self._judge_swap()
                 if not self.ready():
                     return []
-                for _ in range(updates or self.config.updates_per_round):
+                for _ in range(min(updates or self.config.updates_per_round, self.budget())):
                     traces, weights = self.buffer.sample(self.algo_config.batch_size, self.generator)
                     if not traces:
                         break
+                    self.batches_drawn += 1
                     metrics = self.algorithm.update(self.algorithm.batch(traces, weights, self.pad_id))
                     metrics["learner/version"] = float(self.live.version)
                     if metrics["update/rejected"]:
@@ -170,6 +195,8 @@ class Learner:
                         self.updates += 1
                         if self.updates % self.config.publish_every == 0:
                             metrics.update(self.publish())
+                            if self.on_checkpoint is not None:
+                                self.on_checkpoint()
                     produced.append(metrics)
             except Exception:  # a learner bug must never reach decoding
                 self.error = traceback.format_exc()
@@ -224,6 +251,7 @@ class Learner:
         while not self._stop.is_set() and self.error is None:
             began = time.perf_counter()
             if not self.train_round(1):
+                self.idle_waits += 1
                 self._stop.wait(self.config.async_idle_seconds)
             elif self.config.async_busy_fraction < 1.0:
                 busy = time.perf_counter() - began

@@ -21,9 +21,21 @@ from aurora_rl.serving.engine import Engine, RequestStats
 from aurora_rl.serving.follow import SnapshotFollower
 from aurora_rl.serving.online import OnlineLearning
 from aurora_rl.serving.publish import LivePolicy
+from aurora_rl.serving.snapshots import SnapshotStore
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0)
 LEARNER_STATES = ("off", "idle", "running", "crashed")
+
+
+def health_problems(learning: OnlineLearning | None, snapshots: SnapshotStore | None) -> list[str]:
+    """What makes a serving server degraded: learning or publishing that failed (empty: ok)."""
+    problems = []
+    if learning is not None and learning.learner.error is not None:
+        problems.append("the learner crashed (serving goes on with the last good version): "
+                        + learning.learner.error.strip().splitlines()[-1])  # fmt: skip
+    if snapshots is not None and snapshots.error is not None:
+        problems.append(snapshots.error)
+    return problems
 
 
 class ServingMetrics:
@@ -35,14 +47,17 @@ class ServingMetrics:
         live: read at scrape time for the version, swaps and rollbacks.
         learning: read at scrape time for learner counters (None = learning off).
         follower: read at scrape time for follow-mode counters (None = not following).
+        snapshots: read at scrape time for snapshot write failures (None = no directory).
     """
 
     def __init__(self, k: int, engine: Engine, live: LivePolicy, learning: OnlineLearning | None,
-                 follower: SnapshotFollower | None = None) -> None:  # fmt: skip
+                 follower: SnapshotFollower | None = None, snapshots: SnapshotStore | None = None) -> None:  # fmt: skip
         self.registry = CollectorRegistry()
         r = self.registry
         self.http_requests = Counter("aurora_http_requests", "HTTP requests answered, by endpoint and status code",
                                      ["endpoint", "code"], registry=r)  # fmt: skip
+        self.internal_errors = Counter("aurora_internal_errors", "Requests that hit a bug (answered 500 with a JSON body)",
+                                       registry=r)  # fmt: skip
         self.requests = Counter("aurora_requests", "Generation requests finished, by finish reason (eos, length, cancelled, error)",
                                 ["finish_reason"], registry=r)  # fmt: skip
         self.steps = Counter("aurora_draft_steps", "Verify steps, one per request per step (a batched step verifies "
@@ -61,7 +76,7 @@ class ServingMetrics:
                                      buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.queued = Histogram("aurora_queue_seconds", "Submission to admission into a decode slot",
                                 buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        r.register(_StateCollector(engine, live, learning, follower))
+        r.register(_StateCollector(engine, live, learning, follower, snapshots))
 
     def observe_trace(self, trace: Trace) -> None:
         """Engine trace listener."""
@@ -92,10 +107,16 @@ class _StateCollector(Collector):
     """Values owned by other components, read when Prometheus scrapes."""
 
     def __init__(self, engine: Engine, live: LivePolicy, learning: OnlineLearning | None,
-                 follower: SnapshotFollower | None) -> None:  # fmt: skip
+                 follower: SnapshotFollower | None, snapshots: SnapshotStore | None) -> None:  # fmt: skip
         self.engine, self.live, self.learning, self.follower = engine, live, learning, follower
+        self.snapshots = snapshots
 
     def collect(self):
+        yield GaugeMetricFamily("aurora_degraded", "1 while learning or snapshot writing has failed (see /health)",
+                                value=float(bool(health_problems(self.learning, self.snapshots))))  # fmt: skip
+        if self.snapshots is not None:
+            yield CounterMetricFamily("aurora_snapshot_write_failures", "Snapshot or learner-state writes that failed",
+                                      value=self.snapshots.write_failures)  # fmt: skip
         yield GaugeMetricFamily("aurora_draft_version", "Draft version serving now", value=self.live.version)
         yield CounterMetricFamily("aurora_draft_swaps", "Draft versions published to serving", value=self.live.swaps)
         yield CounterMetricFamily("aurora_draft_rollbacks", "Versions rolled back after live acceptance dropped",

@@ -11,10 +11,7 @@ replaced on the same fresh live traces and rolls it back if it is worse. Rewriti
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -22,14 +19,13 @@ from pathlib import Path
 from aurora_rl.algos import AlgoConfig
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.trace import Trace
+from aurora_rl.serving import learner_state
 from aurora_rl.serving.learner import Learner, LearnerConfig
 from aurora_rl.serving.monitor import SwapMonitor
-from aurora_rl.serving.publish import LivePolicy, SnapshotStore
+from aurora_rl.serving.publish import LivePolicy
+from aurora_rl.serving.snapshots import SnapshotStore
 
 logger = logging.getLogger(__name__)
-
-LEARNER_DIR = "learner"
-LEARNER_STATE = "learner_state.json"
 
 
 class OnlineLearning:
@@ -55,7 +51,9 @@ class OnlineLearning:
         self.live = live
         self.snapshots = snapshots
         self.buffer = config.make_buffer()
-        self.learner = Learner(live, self.buffer, algo, config, pad_id, seed, on_rollback=self._on_rollback)
+        checkpoint = (lambda: self.save_state(snapshots)) if snapshots is not None else None
+        self.learner = Learner(live, self.buffer, algo, config, pad_id, seed, on_rollback=self._on_rollback,
+                               on_checkpoint=checkpoint)  # fmt: skip
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aurora-control")
 
     @property
@@ -74,41 +72,27 @@ class OnlineLearning:
     def start(self) -> None:
         self.learner.start()
 
+    def restore(self, target) -> str:
+        """Continue from the learner state saved in the snapshot directory (see
+        :mod:`~aurora_rl.serving.learner_state`); returns what was done, in words."""
+        return learner_state.restore(self.learner, self.snapshots, target) if self.snapshots else "no snapshot directory"
+
     def stop(self) -> Path | None:
         """Stop the learner after its current step and save its state; returns where."""
         self.learner.stop()
         self._control.shutdown(wait=True)
         return self.save_state(self.snapshots) if self.snapshots is not None else None
 
-    def save_state(self, snapshots: SnapshotStore) -> Path:
-        """Write the live version (unless already on disk) and the learner's trained copy with
-        its counters to ``snapshots`` (``learner/``: written aside, then moved into place)."""
+    def save_state(self, snapshots: SnapshotStore) -> Path | None:
+        """Write the live version (unless already on disk) and the learner's state (trained
+        copy, optimizer, counters) to ``snapshots``; returns where (None if unwritable)."""
         if snapshots.latest_version() != self.live.version:
-            snapshots.save(self.live.current)
-        learner = self.learner
-        final = snapshots.directory / LEARNER_DIR
-        staging = snapshots.directory / f".{LEARNER_DIR}.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        learner.algorithm.policy.save_pretrained(staging)
-        state = {
-            "live_version": self.live.version,
-            "updates": learner.updates,
-            "published": learner.published,
-            "rejected_updates": learner.rejected_updates,
-            "gate_rejections": learner.gate_rejections,
-            "rollbacks": self.live.rollbacks,
-            "rolled_back_versions": list(self.monitor.rolled_back),
-            "last_gate": asdict(learner.last_gate) if learner.last_gate else None,
-            "state": learner.state,
-            "error": learner.error,
-            "buffer": asdict(self.buffer.stats()),
-        }
-        (staging / LEARNER_STATE).write_text(json.dumps(state, indent=2) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-        return final
+            snapshots.write_live(self.live.current)
+        extra = {"rollbacks": self.live.rollbacks, "rolled_back_versions": list(self.monitor.rolled_back),
+                 "buffer": asdict(self.buffer.stats())}  # fmt: skip
+        return learner_state.save(self.learner, snapshots, extra)
 
     def _on_rollback(self, bad_version: int, restored: DraftPolicy) -> None:
         """Learner thread, after it rolled back and restarted from ``restored``."""
         if self.snapshots is not None:  # followers of LATEST.json go back too, off the learner thread
-            self._control.submit(self.snapshots.save, restored)
+            self._control.submit(self.snapshots.write_live, restored)

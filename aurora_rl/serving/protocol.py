@@ -13,7 +13,7 @@ version that produced it (``draft-v12``).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,14 +22,17 @@ class APIError(Exception):
     """An error answered with an OpenAI-style body: ``{"error": {message, type, param, code}}``."""
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "service_unavailable_error"}  # fmt: skip
+             408: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error", 431: "invalid_request_error",
+             429: "rate_limit_error", 500: "server_error", 503: "service_unavailable_error"}  # fmt: skip
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
 
     def body(self) -> dict:
-        kind = self.TYPES.get(self.status, "invalid_request_error")
+        kind = self.TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
@@ -43,11 +46,32 @@ def validation_error(errors: list[dict]) -> APIError:
         return APIError(400, f"We could not parse the JSON body of your request ({reason}{position}); "
                              "send a JSON object with Content-Type: application/json.", code="json_invalid")  # fmt: skip
     param = loc[0] if loc else None
+    if first.get("type") == "missing" and not loc:
+        return APIError(400, "The request body is empty; send a JSON object with the request's parameters "
+                             "(Content-Type: application/json).", code="missing_body")  # fmt: skip
     if first.get("type") == "missing":
         return APIError(400, f"Missing required parameter: '{'.'.join(loc)}'.", param, "missing_required_parameter")
     where = f"'{'.'.join(loc)}'" if loc else "request body"
-    return APIError(400, f"Invalid {where}: {first.get('msg')} (got {first.get('input')!r}).", param, "invalid_value")
+    got = repr(first.get("input"))
+    got = got if len(got) <= 200 else got[:200] + "..."  # a huge input is not echoed back whole
+    return APIError(400, f"Invalid {where}: {first.get('msg')} (got {got}).", param, "invalid_value")
 
+
+def check_text(text: str, param: str) -> str:
+    """``text`` if it is valid Unicode; a 400 naming ``param`` if it holds a lone surrogate
+    (JSON can carry ``"\\ud800"``, but no tokenizer can encode it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = ord(text[error.start])
+        raise APIError(400, f"Invalid '{param}': character {error.start} is a lone surrogate (U+{bad:04X}), which is "
+                            "not valid Unicode; send UTF-8 text (surrogates only in valid pairs).", param,
+                       "invalid_value") from None  # fmt: skip
+    return text
+
+
+# Torch seeds a generator with any integer in [-2**63, 2**64): OpenAI sends int64 seeds.
+SEED_RANGE = {"ge": -(2**63), "lt": 2**64}
 
 # --- requests -------------------------------------------------------------------------
 
@@ -65,20 +89,20 @@ class _Sampling(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    seed: int | None = None
-    stream: bool = False
+    seed: int | None = Field(None, **SEED_RANGE)
+    stream: bool | None = False  # null = the default, as OpenAI takes it (here and below)
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    n: int = 1
+    n: int | None = 1
     user: str | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
     logit_bias: dict[str, float] | None = None
 
     # Parameter -> the values that leave the output as the target makes it; anything
-    # else asks for something this server does not implement.
+    # else asks for something this server does not implement (null: the default).
     NEUTRAL: ClassVar[dict[str, tuple]] = {
-        "n": (1,), "presence_penalty": (0.0,), "frequency_penalty": (0.0,), "logit_bias": (None, {}),
+        "n": (1, None), "presence_penalty": (0.0, None), "frequency_penalty": (0.0, None), "logit_bias": (None, {}),
     }  # fmt: skip
 
     def unsupported(self) -> APIError | None:
@@ -94,19 +118,19 @@ class _Sampling(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stop) > 4:
             raise APIError(400, f"Invalid 'stop': at most 4 stop sequences are allowed, got {len(stop)}.", "stop", "invalid_value")
-        return stop
+        return [check_text(text, "stop") for text in stop]
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = Field(None, ge=1)
-    echo: bool = False
+    echo: bool | None = False
     logprobs: int | None = None
     best_of: int | None = None
     suffix: str | None = None
 
     NEUTRAL: ClassVar[dict[str, tuple]] = {
-        **_Sampling.NEUTRAL, "echo": (False,), "logprobs": (None,), "best_of": (None, 1), "suffix": (None, ""),
+        **_Sampling.NEUTRAL, "echo": (False, None), "logprobs": (None,), "best_of": (None, 1), "suffix": (None, ""),
     }  # fmt: skip
 
     def single_prompt(self) -> str | list[int]:
@@ -119,7 +143,7 @@ class CompletionRequest(_Sampling):
             prompt = prompt[0]
         if not prompt:
             raise APIError(400, "Invalid 'prompt': the prompt is empty.", "prompt", "invalid_value")
-        return prompt
+        return check_text(prompt, "prompt") if isinstance(prompt, str) else prompt
 
 
 class TextPart(BaseModel):
@@ -143,15 +167,19 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: int | None = None
     tools: list[dict] | None = None
     response_format: dict | None = None
 
     NEUTRAL: ClassVar[dict[str, tuple]] = {
-        **_Sampling.NEUTRAL, "logprobs": (False,), "top_logprobs": (None, 0), "tools": (None, []),
+        **_Sampling.NEUTRAL, "logprobs": (False, None), "top_logprobs": (None, 0), "tools": (None, []),
         "response_format": (None, {"type": "text"}),
     }  # fmt: skip
+
+    def texts(self) -> list[tuple[str, str]]:
+        """``[(role, text), ...]`` of the messages, each checked to be valid Unicode."""
+        return [(m.role, check_text(m.text(), f"messages[{i}].content")) for i, m in enumerate(self.messages)]
 
     def token_budget(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
