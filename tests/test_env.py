@@ -12,6 +12,7 @@ from gymnasium.utils.env_checker import check_env
 import aurora_rl  # noqa: F401  (registers the env)
 from aurora_rl.envs.agent import DraftAgent
 from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.policies.suffix import SuffixDrafter
 from aurora_rl.world import get_world
 
 ENV_ID = "aurora_rl/SpecDecode-v0"
@@ -66,10 +67,12 @@ def test_episode_output_is_the_targets_greedy_output_and_reward_counts_accepts(e
     unwrapped = env.unwrapped
     world = get_world("tiny")
     drafter = SmallLMDrafter.from_config(world.drafter_config(), seed=0)
-    for proposer in ("random", "target"):
+    proposers = {"random": drafter, "target": SmallLMDrafter(unwrapped.target.model),
+                 "suffix": SuffixDrafter(unwrapped.vocab_size)}  # short proposals: filled up to k  # fmt: skip
+    for proposer in ("random", "target", "suffix", "suffix"):  # the second suffix episode reads the first's output
         obs, info = env.reset(seed=11)
         prompt = obs["tokens"][: obs["length"]].copy()
-        agent = DraftAgent(SmallLMDrafter(unwrapped.target.model) if proposer == "target" else drafter, env)
+        agent = DraftAgent(proposers[proposer], env)
         agent.begin(obs, info)
         total_reward, accepted = 0.0, 0
         while True:

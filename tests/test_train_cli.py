@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from aurora_rl.train.__main__ import main
-from aurora_rl.train.config import ARMS, ConfigError, load_config
+from aurora_rl.train.config import DEFAULT_ARMS, ConfigError, load_config
 
 TINY_RUN = [
     "world.name=tiny",
@@ -33,7 +33,7 @@ def test_entry_point_runs_every_arm_and_writes_the_run_directory(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "smoke"
     summary = json.loads((run / "summary.json").read_text())
-    assert list(summary["arms"]) == list(ARMS)
+    assert list(summary["arms"]) == list(DEFAULT_ARMS)
     for arm, r in summary["arms"].items():
         assert r["requests"] == 10 and len(r["per_request_accepted_length"]) == 10
         assert r["accepted_length"] >= 1.0 and r["tokens_per_s"] > 0
@@ -42,6 +42,8 @@ def test_entry_point_runs_every_arm_and_writes_the_run_directory(tmp_path):
     online = summary["arms"]["online_scratch"]
     assert online["versions_published"] >= 1 and online["updates"] > 0 and online["learner_state"] == "idle"
     assert summary["arms"]["static"]["versions_published"] == 0
+    hybrid = summary["arms"]["online_pretrained+suffix"]
+    assert hybrid["versions_published"] >= 1 and 0 < hybrid["suffix_share"] < 1
     resolved = (run / "config.yaml").read_text()
     assert "num_requests: 10" in resolved and "name: tiny" in resolved
     assert (run / "accepted_length.png").stat().st_size > 10_000

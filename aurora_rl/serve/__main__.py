@@ -16,6 +16,8 @@ another server's learner writes to DIR (a shared filesystem), each hot-swapped i
 appears; the configured draft serves (as v-1) only until DIR holds one.
 
     python -m aurora_rl.serve world.name=tiny draft=scratch server.port=8001
+    python -m aurora_rl.serve world.name=tiny drafter.kind=suffix learn=false   # training-free baseline
+    python -m aurora_rl.serve world.name=tiny with_suffix=true                  # hybrid: suffix + learning draft
     curl http://127.0.0.1:8001/v1/completions -H 'Content-Type: application/json' \\
          -d '{"model": "aurora-tiny", "prompt": "def add(a, b):", "max_tokens": 32, "temperature": 0}'
 """
@@ -38,7 +40,8 @@ from aurora_rl.core.target import Target, check_tokenizer_fits, load_causal_lm
 from aurora_rl.serve.config import ConfigError, as_train_config, describe, load_config, to_yaml
 from aurora_rl.serving import http
 from aurora_rl.serving.server import build_server
-from aurora_rl.train.arms import Setting, pretrained, scratch_drafter
+from aurora_rl.train.arms import Setting, model_free_drafter, pretrained, scratch_drafter, with_suffix
+from aurora_rl.train.config import MODEL_FREE_KINDS
 from aurora_rl.world import get_world
 
 API_KEY_ENV = "AURORA_RL_API_KEY"
@@ -73,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer, model = world.tokenizer(), world.target()
     target = Target(model, tuple(cfg.drafter.eagle_layers) if cfg.drafter.kind == "eagle" else ())
     setting = Setting(as_train_config(cfg), world, target, tokenizer)
-    drafter = pretrained(setting) if cfg.draft == "pretrained" else scratch_drafter(setting)
+    if cfg.drafter.kind in MODEL_FREE_KINDS:
+        drafter = model_free_drafter(setting, cfg.drafter.kind)
+    else:
+        drafter = pretrained(setting) if cfg.draft == "pretrained" else scratch_drafter(setting)
+        if cfg.with_suffix:
+            drafter = with_suffix(setting, drafter)
 
     # The server: engine + learner + metrics + HTTP app, wired in one place.
     model_name = cfg.server.model_name or cfg.world.target or f"aurora-{world.name}"

@@ -22,7 +22,10 @@ from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
 from aurora_rl.serving.follow import follow_and_learn_error
 from aurora_rl.serving.learner import LearnerConfig
-from aurora_rl.train.config import DRAFTER_KINDS, ConfigError, DecodeSection, DrafterSection, TrainConfig, WorldSection
+from aurora_rl.train.config import (
+    DRAFTER_KINDS, LEARNED_KINDS, MODEL_FREE_KINDS, ConfigError, DecodeSection, DrafterSection, TrainConfig, WorldSection,
+    check_suffix_depth,
+)  # fmt: skip
 
 DRAFTS = ("pretrained", "scratch")
 Config = TypeVar("Config")
@@ -50,6 +53,8 @@ class ServeConfig:
     )
     learn: bool = _help("train the draft online from the traffic and publish gated versions (false = serve it as is, "
                         "or follow another process's versions with snapshots.follow)", True)  # fmt: skip
+    with_suffix: bool = _help("hybrid: per step, propose with the suffix drafter (drafter.suffix.*) when its expected accepted "
+                              "tokens reach drafter.hybrid_min_suffix_score, else with the learned draft (which keeps learning)", False)  # fmt: skip
     torch_threads: int | None = _help("torch intra-op threads, shared by decoding and learning (null = torch's default)", None)
     world: WorldSection = _help("target, tokenizer and the draft's pretraining data", factory=WorldSection)
     decode: DecodeSection = _help("speculative decoding; decode.temperature/top_k/top_p are the defaults of requests that send none", factory=DecodeSection)  # fmt: skip
@@ -87,6 +92,17 @@ def validate(cfg: ServeConfig) -> None:
         raise ConfigError(f"learner.mode={cfg.learner.mode!r}: a server learns on its own thread; set learner.mode=async")
     if cfg.drafter.kind not in DRAFTER_KINDS:
         raise ConfigError(f"drafter.kind={cfg.drafter.kind!r} is not one of {', '.join(DRAFTER_KINDS)}")
+    if cfg.drafter.kind in MODEL_FREE_KINDS:
+        if cfg.learn:
+            raise ConfigError(
+                f"drafter.kind={cfg.drafter.kind!r} has nothing to train (it adapts by remembering the traffic): set "
+                "learn=false, or serve a learned draft with with_suffix=true to learn and use the suffix drafter together"
+            )
+        if cfg.with_suffix:
+            raise ConfigError(f"with_suffix=true combines a learned draft with the suffix drafter: set drafter.kind to one of {', '.join(LEARNED_KINDS)}")
+    if cfg.snapshots.follow and (cfg.with_suffix or cfg.drafter.kind in MODEL_FREE_KINDS):
+        raise ConfigError("snapshots.follow serves small_lm or eagle snapshots only; drop with_suffix / use a learned drafter.kind")
+    check_suffix_depth(cfg.drafter.suffix, cfg.decode.k)
     if cfg.torch_threads is not None and cfg.torch_threads < 1:
         raise ConfigError(f"torch_threads={cfg.torch_threads} must be >= 1 or null")
     if cfg.decode.k >= cfg.server.max_tokens:

@@ -164,7 +164,15 @@ class Learner:
             self.algorithm.optimizer.load_state_dict(optimizer_state)
 
     def observe(self, trace: Trace) -> None:
-        """Decode side: one trace in (buffer + swap monitor); never blocks on training."""
+        """Decode side: one trace in (buffer + swap monitor); never blocks on training.
+
+        A drafter that proposes some steps with another, untrained proposer (the hybrid)
+        says through ``learning_view`` what its learned part should see of each trace."""
+        view = getattr(self.live.current, "learning_view", None)
+        if view is not None:
+            trace = view(trace, on_policy_only=self.needs_exploration)
+            if trace is None:
+                return
         self.buffer.add(trace)
         self.monitor.observe(trace)
 

@@ -4,10 +4,12 @@ Serves one traffic stream with several draft "arms" side by side and compares th
 target_only (no draft: the speed reference), static (pretrained, never updated), offline
 (pretrained + finetuned on offline traces), online_scratch and online_pretrained (a learner
 trains a copy of the draft from the trace stream and publishes new versions that decoding
-picks up between steps).
+picks up between steps); the training-free baselines suffix and prompt_lookup; and hybrids
+(static+suffix, online_*+suffix) choosing per step between the suffix proposal and the
+learned draft's.
 
 With no arguments: the default miniature world, an `ordered` stream with domain shifts,
-all arms. Writes runs/<name>/: config.yaml, summary.json, accepted_length.png and
+the default arms (all but prompt_lookup, static+suffix, online_scratch+suffix). Writes runs/<name>/: config.yaml, summary.json, accepted_length.png and
 TensorBoard events (tensorboard --logdir runs/<name>/tensorboard).
 """
 
@@ -32,7 +34,7 @@ from aurora_rl.plots import plot_accepted_length
 from aurora_rl.serving.learner import Learner
 from aurora_rl.serving.publish import LivePolicy
 from aurora_rl.train.arms import Setting, initial_drafter
-from aurora_rl.train.config import ARMS, ConfigError, describe, load_config, to_yaml
+from aurora_rl.train.config import ARMS, DEFAULT_ARMS, ConfigError, describe, load_config, to_yaml
 from aurora_rl.train.report import ArmRecorder
 from aurora_rl.world import get_world
 from aurora_rl.world.traffic import TrafficStream, load_prompts, make_traffic
@@ -94,6 +96,7 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
         "learner_seconds": clock["learner_seconds"],
         "learner_state": learner.state if learner else "none",
         "learner_error": learner.error if learner else None,
+        "suffix_share": getattr(live.current, "suffix_share", None) if live else None,
     }
     result = recorder.summary(extra)
     hparams = {"arm": arm, "algo": cfg.algo.name, "k": cfg.decode.k, "schedule": cfg.traffic.schedule,
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    arms_tag = "+".join(cfg.arms) if len(cfg.arms) < len(ARMS) else "all-arms"
+    arms_tag = "+".join(cfg.arms) if list(cfg.arms) != list(DEFAULT_ARMS) else "all-arms"
     run_name = cfg.run_name or f"{arms_tag}-{cfg.traffic.schedule}-{cfg.algo.name}-seed{cfg.seed}"
     run_dir = Path(cfg.output_dir) / run_name
     suffix = 1

@@ -1,4 +1,5 @@
-"""How each arm's draft starts: from scratch, pretrained offline, or offline-finetuned."""
+"""How each arm's draft starts: from scratch, pretrained offline, offline-finetuned, training-free
+(suffix, prompt lookup), or a learned draft combined with the suffix drafter."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from aurora_rl.core.target import Target
 from aurora_rl.policies.checkpoint import POLICY_FILE, read_manifest
 from aurora_rl.policies.eagle import EagleDrafter
+from aurora_rl.policies.hybrid import HybridDrafter
+from aurora_rl.policies.prompt_lookup import PromptLookupDrafter
 from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
-from aurora_rl.train.config import ARMS, TrainConfig
+from aurora_rl.policies.suffix import SuffixDrafter
+from aurora_rl.train.config import ARMS, MODEL_FREE_KINDS, TrainConfig
 from aurora_rl.train.rounds import train_rounds
 from aurora_rl.world import World
 from aurora_rl.world.traffic import Request, make_traffic
@@ -85,20 +89,40 @@ def offline_finetune(s: Setting, drafter, requests: list[Request], updates: int,
     return algorithm.policy
 
 
+def model_free_drafter(s: Setting, kind: str):
+    """A training-free drafter with an empty memory: ``suffix`` or ``prompt_lookup``."""
+    if kind == "suffix":
+        return SuffixDrafter(s.target.vocab_size, s.cfg.drafter.suffix)
+    return PromptLookupDrafter(s.target.vocab_size, s.cfg.drafter.prompt_lookup)
+
+
+def with_suffix(s: Setting, learned) -> HybridDrafter:
+    """``learned`` combined per step with a fresh suffix drafter."""
+    return HybridDrafter(learned, model_free_drafter(s, "suffix"), s.cfg.drafter.hybrid_min_suffix_score)
+
+
 def initial_drafter(s: Setting, arm: str):
     """The drafter ``arm`` serves with at request 0 (a private copy); None for target_only."""
     mode, init = ARMS[arm]
     if mode == "none":
         return None
-    if init == "pretrained":
-        if s.pretrained_cache is None:  # built once per run, shared by every pretrained arm
-            s.pretrained_cache = pretrained(s)
-        drafter = s.pretrained_cache.clone()
-    else:
-        drafter = scratch_drafter(s)
+    if init in MODEL_FREE_KINDS:
+        return model_free_drafter(s, init)
+    if init.endswith("+suffix"):
+        return with_suffix(s, learned_drafter(s, init.removesuffix("+suffix")))
+    drafter = learned_drafter(s, init)
     if mode == "offline":
         domains = s.cfg.offline.domains or s.cfg.drafter.pretrain_domains or None  # empty = every domain
         data = s.world.dataset("train", domains)
         requests = make_traffic(data, s.cfg.offline.schedule, s.cfg.offline.num_requests, seed=s.cfg.seed + 1).requests
         drafter = offline_finetune(s, drafter, requests, s.cfg.offline.updates, "offline arm")
     return drafter
+
+
+def learned_drafter(s: Setting, init: str):
+    """A private learned draft: a copy of the run's pretrained one, or a fresh one."""
+    if init == "pretrained":
+        if s.pretrained_cache is None:  # built once per run, shared by every pretrained arm
+            s.pretrained_cache = pretrained(s)
+        return s.pretrained_cache.clone()
+    return scratch_drafter(s)

@@ -18,6 +18,8 @@ from omegaconf.errors import OmegaConfBaseException
 from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.spec import DecodeConfig
+from aurora_rl.policies.prompt_lookup import PromptLookupConfig
+from aurora_rl.policies.suffix import SuffixConfig
 from aurora_rl.serving.learner import LearnerConfig
 from aurora_rl.world.precision import PRECISIONS
 from aurora_rl.world.traffic import SCHEDULES
@@ -29,8 +31,19 @@ ARMS = {
     "offline": ("offline", "pretrained"),
     "online_scratch": ("online", "scratch"),
     "online_pretrained": ("online", "pretrained"),
+    # training-free baselines (policies/suffix.py, policies/prompt_lookup.py)
+    "suffix": ("static", "suffix"),
+    "prompt_lookup": ("static", "prompt_lookup"),
+    # per step the suffix proposal or the learned draft's (policies/hybrid.py)
+    "static+suffix": ("static", "pretrained+suffix"),
+    "online_scratch+suffix": ("online", "scratch+suffix"),
+    "online_pretrained+suffix": ("online", "pretrained+suffix"),
 }
-DRAFTER_KINDS = ("small_lm", "eagle")
+DEFAULT_ARMS = ("target_only", "static", "offline", "online_scratch", "online_pretrained", "suffix",
+                "online_pretrained+suffix")
+LEARNED_KINDS = ("small_lm", "eagle")
+MODEL_FREE_KINDS = ("suffix", "prompt_lookup")
+DRAFTER_KINDS = LEARNED_KINDS + MODEL_FREE_KINDS
 
 
 class ConfigError(ValueError):
@@ -104,6 +117,15 @@ class DrafterSection:
         "traffic from the other domains is a shift it never saw", factory=lambda: ["code", "prose"])
     pretrain_steps: int = _help("optimizer steps of offline pretraining", 300)
     eagle_layers: list[int] = _help("eagle: target hidden states it reads (HF hidden_states indices; -1 = last)", factory=lambda: [-1])
+    suffix: SuffixConfig = _help("the suffix drafter (arms suffix and *+suffix; serve drafter.kind=suffix or drafter.with_suffix)", factory=SuffixConfig)
+    prompt_lookup: PromptLookupConfig = _help("the prompt lookup drafter (arm prompt_lookup; serve drafter.kind=prompt_lookup)", factory=PromptLookupConfig)
+    hybrid_min_suffix_score: float = _help(
+        "hybrids (*+suffix): use the suffix proposal when its expected accepted tokens (empirical frequencies) "
+        "reach this, else the learned draft's", 1.0)
+
+    def __post_init__(self) -> None:
+        if not self.hybrid_min_suffix_score > 0:
+            raise ValueError(f"drafter.hybrid_min_suffix_score={self.hybrid_min_suffix_score} must be > 0")
 
 
 @dataclass
@@ -122,8 +144,10 @@ class TrainConfig:
     arms: list[str] = _help(
         "what runs side by side on the same traffic: target_only (no draft: the speed reference), "
         "static (pretrained, never updated), offline (pretrained + finetuned on offline traces, then "
-        "static), online_scratch, online_pretrained",
-        factory=lambda: list(ARMS),
+        "static), online_scratch, online_pretrained; training-free: suffix, prompt_lookup; hybrids "
+        "(per step the suffix proposal or the learned draft's): static+suffix, online_scratch+suffix, "
+        "online_pretrained+suffix",
+        factory=lambda: list(DEFAULT_ARMS),
     )
     progress: bool = _help("show progress bars", True)
     world: WorldSection = _help("target, tokenizer and prompts", factory=WorldSection)
@@ -169,8 +193,10 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}={value} must be >= 1")
     if cfg.decode.k >= cfg.traffic.max_new_tokens:
         raise ConfigError(f"decode.k={cfg.decode.k} must be < traffic.max_new_tokens={cfg.traffic.max_new_tokens} (a step emits up to k + 1 tokens)")
-    if cfg.drafter.kind not in DRAFTER_KINDS:
-        raise ConfigError(f"drafter.kind={cfg.drafter.kind!r} is not one of {', '.join(DRAFTER_KINDS)}")
+    if cfg.drafter.kind not in LEARNED_KINDS:
+        hint = " (model-free drafters are arms: arms=[suffix,prompt_lookup])" if cfg.drafter.kind in MODEL_FREE_KINDS else ""
+        raise ConfigError(f"drafter.kind={cfg.drafter.kind!r} is not one of {', '.join(LEARNED_KINDS)}{hint}")
+    check_suffix_depth(cfg.drafter.suffix, cfg.decode.k)
     for key in ("world.target", "drafter.path", "traffic.source"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -180,6 +206,14 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             "world.target is an external model, so the world's drafter pretraining does not fit its "
             "vocabulary: set drafter.path to a small causal LM sharing its tokenizer, or use arms=[online_scratch]"
+        )
+
+
+def check_suffix_depth(suffix: SuffixConfig, k: int) -> None:
+    if suffix.max_depth <= k:
+        raise ConfigError(
+            f"drafter.suffix.max_depth={suffix.max_depth} must exceed decode.k={k}: the trie holds the matched "
+            "tokens and the proposal together; raise max_depth or lower k"
         )
 
 

@@ -1,0 +1,117 @@
+"""Prompt lookup decoding (Saxena 2023; transformers' ``prompt_lookup_num_tokens``): the
+simplest training-free drafter.
+
+The last ``n`` tokens of the sequence (``n`` from ``max_ngram`` down to ``min_ngram``) are
+looked up in the request's own earlier tokens -- prompt and output -- and the tokens that
+followed their most recent earlier occurrence are proposed. Proposals are deterministic,
+so each comes with a one-hot ``q`` (the rejection rule then accepts it with probability
+``p(token)``: lossless). Per session, an index from every n-gram to the position after its
+latest occurrence is updated as tokens are committed: O(max_ngram) per token, O(1) lookups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from aurora_rl.core.draft import Proposal
+from aurora_rl.core.sampling import SamplingParams
+from aurora_rl.policies.checkpoint import read_manifest, write_manifest
+
+
+@dataclass
+class PromptLookupConfig:
+    max_ngram: int = field(default=3, metadata={"help": "longest n-gram matched (tried first)"})
+    min_ngram: int = field(default=1, metadata={"help": "shortest n-gram matched"})
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise ValueError(
+                f"drafter.prompt_lookup: need 1 <= min_ngram <= max_ngram, got min_ngram={self.min_ngram}, "
+                f"max_ngram={self.max_ngram}"
+            )
+
+
+class PromptLookupSession:
+    def __init__(self, config: PromptLookupConfig, vocab_size: int, context_ids: torch.Tensor) -> None:
+        self.config = config
+        self.vocab_size = vocab_size
+        self.tokens: list[int] = []
+        self.after: dict[tuple[int, ...], int] = {}  # n-gram -> index right after its latest occurrence
+        self._proposed: list[int] = []
+        self._append([int(t) for t in context_ids])
+
+    def _append(self, new: list[int]) -> None:
+        # An n-gram is indexed once a token follows it, so a lookup never finds the tail itself.
+        for token in new:
+            end = len(self.tokens)
+            for n in range(self.config.min_ngram, self.config.max_ngram + 1):
+                if end >= n:
+                    self.after[tuple(self.tokens[end - n : end])] = end
+            self.tokens.append(token)
+
+    def propose(
+        self,
+        k: int,
+        sampling: SamplingParams,
+        generator: torch.Generator | None,
+        min_confidence: float | None = None,
+    ) -> Proposal:
+        tokens = self.tokens
+        found: list[int] = []
+        for n in range(min(self.config.max_ngram, len(tokens)), self.config.min_ngram - 1, -1):
+            start = self.after.get(tuple(tokens[len(tokens) - n :]))
+            if start is not None:
+                found = tokens[start : start + k]
+                break
+        self._proposed = found
+        probs = torch.zeros(len(found), self.vocab_size)
+        probs[torch.arange(len(found)), torch.tensor(found, dtype=torch.long)] = 1.0
+        return Proposal(torch.tensor(found, dtype=torch.long), probs)
+
+    def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
+        self._append(self._proposed[:num_accepted] + [int(next_token)])
+        self._proposed = []
+
+
+class PromptLookupDrafter:
+    """N-gram lookup within each request; stateless across requests (nothing to save but
+    its config)."""
+
+    kind = "prompt_lookup"
+    uses_target_features = False
+
+    def __init__(self, vocab_size: int, config: PromptLookupConfig = PromptLookupConfig(), version: int = 0) -> None:
+        self.vocab_size = vocab_size
+        self.config = config
+        self.version = version
+
+    def start(self, context_ids: torch.Tensor, target_hidden: torch.Tensor | None = None) -> PromptLookupSession:
+        return PromptLookupSession(self.config, self.vocab_size, context_ids)
+
+    def propose_batch(
+        self,
+        sessions: Sequence[PromptLookupSession],
+        ks: Sequence[int],
+        samplings: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None],
+        min_confidences: Sequence[float | None],
+    ) -> list[Proposal]:
+        return [s.propose(*args) for s, *args in zip(sessions, ks, samplings, generators, min_confidences)]
+
+    def clone(self, version: int | None = None) -> "PromptLookupDrafter":
+        return PromptLookupDrafter(self.vocab_size, self.config, self.version if version is None else version)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        write_manifest(directory, self.kind, self.version, vocab_size=self.vocab_size,
+                       max_ngram=self.config.max_ngram, min_ngram=self.config.min_ngram)  # fmt: skip
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "PromptLookupDrafter":
+        m = read_manifest(directory)
+        if m["kind"] != cls.kind:
+            raise ValueError(f"{directory} holds a {m['kind']!r} drafter, not {cls.kind!r}")
+        return cls(m["vocab_size"], PromptLookupConfig(m["max_ngram"], m["min_ngram"]), m["version"])
