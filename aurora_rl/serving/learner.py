@@ -32,7 +32,7 @@ import torch
 from aurora_rl.algos import AlgoConfig, make_algorithm
 from aurora_rl.core.buffer import TraceBuffer
 from aurora_rl.core.draft import DraftPolicy
-from aurora_rl.core.trace import Trace
+from aurora_rl.core.trace import Trace, with_target_token
 from aurora_rl.serving.gate import GateDecision, gate
 from aurora_rl.serving.monitor import SwapMonitor
 from aurora_rl.serving.publish import LivePolicy
@@ -140,8 +140,12 @@ class Learner:
         return len(self.buffer) >= self.config.min_traces
 
     def observe(self, trace: Trace) -> None:
-        """Decode side: one trace in (buffer + swap monitor); never blocks on training."""
-        self.buffer.add(trace)
+        """Decode side: one trace in (buffer + swap monitor); never blocks on training.
+
+        The buffer gets the trace with the target's own bonus token as one more position
+        (``with_target_token``), so steps a draft-length controller kept short -- or skipped
+        -- still teach the draft."""
+        self.buffer.add(with_target_token(trace))
         self.monitor.observe(trace)
 
     def train_round(self, updates: int | None = None) -> list[dict[str, float]]:
