@@ -178,11 +178,19 @@ class DraftLengthEnv(gym.Env):
             self._features.begin_step(self._state.length)
         return info
 
-    def _draft(self) -> None:
-        """Draw the whole step's proposals at once (the draft is fixed: its first n tokens
-        are exactly what stopping at n would have drawn); only the ones the agent keeps are
-        charged and verified."""
-        self._proposal = self._session.propose(self._limit(), self.config.draft_sampling, self._generator)
+    def _draft(self, needed: int) -> None:
+        """Have at least ``needed`` proposals drawn this step. Drafting runs ahead in chunks
+        (2, 4, 8, ...) and redraws from the step's start with the generator rewound, so the
+        first n proposals are exactly what stopping at n would have drawn; only the ones
+        the agent keeps are charged and verified."""
+        if self._proposal is not None and len(self._proposal) >= needed:
+            return
+        if self._proposal is None:
+            self._draws = self._generator.get_state()
+        else:
+            self._generator.set_state(self._draws)
+        self._asked = min(self._limit(), max(needed, 2, 2 * len(self._proposal or ())))
+        self._proposal = self._session.propose(self._asked, self.config.draft_sampling, self._generator)
 
     def _verify(self, n: int) -> tuple[float, dict[str, Any]]:
         proposal = self._proposal
@@ -211,13 +219,16 @@ class DraftLengthEnv(gym.Env):
             raise InvalidAction(f"action {action!r} is not in Discrete(2): 0 = verify now, 1 = continue drafting")
         reward, info = 0.0, {}
         position = self._features.position
+        exhausted = False
         if int(action) == CONTINUE:
-            if self._proposal is None:
-                self._draft()
-            self._features.proposed(_logits_at(self._proposal, position), int(self._proposal.tokens[position]))
-            position += 1
-            reward -= self.cost.draft(self.cost_batch) / self.unit
-        if int(action) == VERIFY or position >= len(self._proposal):
+            self._draft(position + 1)
+            if len(self._proposal) > position:
+                self._features.proposed(_logits_at(self._proposal, position), int(self._proposal.tokens[position]))
+                position += 1
+                reward -= self.cost.draft(self.cost_batch) / self.unit
+            # a drafter may offer fewer than asked (a lookup drafter runs out): verify then
+            exhausted = len(self._proposal) < self._asked and position >= len(self._proposal)
+        if int(action) == VERIFY or exhausted or position >= self._limit():
             gained, info = self._verify(position)
             reward += gained
             forced = self._begin_step()
