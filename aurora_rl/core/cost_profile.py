@@ -3,7 +3,7 @@
 The profile times real cached forwards: the target scoring ``1 .. max_k + 1`` new tokens
 after a ``context``-token prefix at each batch size, and the drafter proposing ``max_k``
 tokens through its own ``propose`` / ``propose_batch`` (so any drafter is measured through
-the path decoding uses). Each figure is the median of a few repeats after a warm-up; the
+the path decoding uses). Each figure is the fastest of a few repeats after a warm-up; the
 whole profile takes a few seconds. Timing depends on the model shapes, not their weights,
 so the cache key is the models' configs plus the machine (CPU model, cores, torch threads,
 torch version, device) -- a learned draft keeps its cost model across versions.
@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -29,18 +28,20 @@ from aurora_rl.core.sampling import GREEDY
 from aurora_rl.core.target import Target
 from aurora_rl.world.cache import cache_root
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 DEFAULT_BATCHES = (1, 2, 4, 8)
 
 
-def _median_seconds(run: Callable[[], None], repeats: int) -> float:
+def _min_seconds(run: Callable[[], None], repeats: int) -> float:
+    """The fastest of ``repeats`` runs after a warm-up: other work on a shared machine only
+    ever adds time, so the minimum is the least noisy estimate of the forward's own cost."""
     run()  # warm-up: first calls allocate
     times = []
     for _ in range(repeats):
         began = time.perf_counter()
         run()
         times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    return min(times)
 
 
 def _context(length: int, vocab: int) -> torch.Tensor:
@@ -63,7 +64,7 @@ def _target_row(target: Target, batch: int, max_width: int, context: int, repeat
                 cache.rollback(context)
         return run
 
-    return tuple(_median_seconds(verify(w), repeats) for w in range(1, max_width + 1))
+    return tuple(_min_seconds(verify(w), repeats) for w in range(1, max_width + 1))
 
 
 def _draft_round_seconds(target: Target, drafter: DraftPolicy, batch: int, max_k: int, context: int, repeats: int) -> float:
@@ -81,7 +82,7 @@ def _draft_round_seconds(target: Target, drafter: DraftPolicy, batch: int, max_k
                 for session in sessions:
                     session.propose(max_k, GREEDY, None)
 
-    return _median_seconds(run, repeats) / max_k
+    return _min_seconds(run, repeats) / max_k
 
 
 def profile_cost(
@@ -90,7 +91,7 @@ def profile_cost(
     max_k: int = 8,
     batches: Sequence[int] = DEFAULT_BATCHES,
     context: int = 64,
-    repeats: int = 5,
+    repeats: int = 9,
     label: str = "",
 ) -> CostModel:
     """Measure target seconds by width (``1 .. max_k + 1``) and batch, and draft seconds per

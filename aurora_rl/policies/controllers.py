@@ -135,7 +135,8 @@ class RefitThreshold(ConfidenceThreshold):
 
     def __init__(self, cost: CostModel, start: float = 0.5, window: int = 2000, refit_every: int = 32) -> None:
         super().__init__(start)
-        self.false_continue = cost.draft_token_cost() + cost.verify_token_cost(1) - 1.0
+        # Floored: a noisy profile must not make wasted proposals look free.
+        self.false_continue = max(cost.draft_token_cost() + cost.verify_token_cost(1) - 1.0, 0.05)
         self.false_stop = 1.0
         self.outcomes: deque[tuple[float, bool]] = deque(maxlen=window)
         self.refit_every = refit_every

@@ -123,6 +123,7 @@ def arm_controller(s: Setting, drafter):
                 s.pretrained_cache = pretrained(s)
             tag = json.dumps({"kind": s.cfg.drafter.kind, **asdict(s.cfg.drafter), "seed": s.cfg.seed}, sort_keys=True)
             s.policy_cache = learned_policy(s.world, s.target, s.tokenizer, s.pretrained_cache, s.cost_cache, decode.k,
-                                            s.cfg.traffic.max_new_tokens, tag, s.cfg.world.cache_dir, s.cfg.seed, s.cfg.progress)
+                                            s.cfg.traffic.max_new_tokens, tag, s.cfg.world.cache_dir, s.cfg.seed, s.cfg.progress,
+                                            decode.controller_train_steps)
     return build_controller(decode.controller, decode.k, s.cost_cache, decode.draft_confidence, s.policy_cache,
                             s.target.max_positions)

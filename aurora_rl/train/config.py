@@ -32,6 +32,7 @@ ARMS = {
     "online_pretrained": ("online", "pretrained"),
 }
 DRAFTER_KINDS = ("small_lm", "eagle")
+BEST_CONTROLLER = "bandit"  # the main job's default: see docs/controllers.md
 
 
 class ConfigError(ValueError):
@@ -82,10 +83,12 @@ class DecodeSection:
         "heuristic (transformers' +2/-1 schedule) | confidence (stop below draft_confidence, default 0.5) | refit "
         "(that threshold re-fitted online from accept/reject outcomes, weighted by the measured cost model) | bandit "
         "(discounted UCB over k = 0..k on measured goodput) | learned (a tiny policy trained with PPO on "
-        "DraftLength-v0; trained once and cached unless controller_policy is given)", "learned")
+        "DraftLength-v0; trained once and cached unless controller_policy is given)", "fixed")
     controller_policy: str | None = _help(
         "controller=learned: a saved policy directory (controller.json + policy.safetensors); null = train one "
         "with PPO on DraftLength-v0 for this world, drafter and machine (cached)", None)
+    controller_train_steps: int = _help(
+        "controller=learned without controller_policy: PPO env steps (draft decisions) of its training", 6144)
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -108,6 +111,8 @@ class DecodeSection:
                 f"{self.controller} decides draft lengths itself: set decode.controller=confidence (or refit), "
                 "or decode.draft_confidence=null"
             )
+        if self.controller_train_steps < 256:
+            raise ValueError(f"decode.controller_train_steps={self.controller_train_steps} must be >= 256 (one PPO rollout)")
         if self.controller_policy is not None and self.controller != "learned":
             raise ValueError(f"decode.controller_policy is only read by decode.controller=learned (got {self.controller})")
 
@@ -151,7 +156,8 @@ class TrainConfig:
     progress: bool = _help("show progress bars", True)
     world: WorldSection = _help("target, tokenizer and prompts", factory=WorldSection)
     traffic: TrafficSection = _help("the request stream every arm serves", factory=TrafficSection)
-    decode: DecodeSection = _help("speculative decoding", factory=DecodeSection)
+    decode: DecodeSection = _help("speculative decoding (the main job's default controller is the study's best: "
+                                  "experiments/results/controllers/)", factory=lambda: DecodeSection(controller=BEST_CONTROLLER))
     drafter: DrafterSection = _help("the draft policy", factory=DrafterSection)
     algo: AlgoConfig = _help("the learning rule", factory=AlgoConfig)
     learner: LearnerConfig = _help("online learning schedule, gate and rollback", factory=LearnerConfig)

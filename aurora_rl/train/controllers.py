@@ -75,6 +75,7 @@ def learned_policy(
     cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
     progress: bool = True,
+    total_steps: int = 6144,
 ):
     """The PPO-trained policy for this world, drafter and cost model: from the cache, or
     trained now (SB3; a few thousand env steps) and cached. ``drafter_tag`` names the drafter
@@ -82,7 +83,7 @@ def learned_policy(
     from aurora_rl.envs.draft_length import DraftLengthEnv
     from aurora_rl.envs.ppo_controller import PPOSettings, train_policy
 
-    settings = PPOSettings(seed=seed)
+    settings = PPOSettings(total_steps=total_steps, seed=seed)
     payload = {"world": world.path.name, "drafter": drafter_tag, "cost": cost.to_json(), "max_k": max_k,
                "max_new_tokens": max_new_tokens, "ppo": repr(settings)}
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
