@@ -19,7 +19,7 @@ from aurora_rl.core.draft import DraftPolicy, DraftSession, Proposal
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.spec import DecodeConfig, DecodeState, start_decode, sync_session, verify_step
 from aurora_rl.core.target import Target
-from aurora_rl.envs.sources import load_env_sources
+from aurora_rl.envs.sources import episode_prompt, load_env_sources
 from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter
 from aurora_rl.world import get_world
 from aurora_rl.world.traffic import load_prompts
@@ -145,15 +145,8 @@ class DraftLengthEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        options = options or {}
-        domain = ""
-        if "prompt_ids" in options:
-            prompt_ids = list(options["prompt_ids"])
-        elif "prompt" in options:
-            prompt_ids = self.tokenizer(options["prompt"])["input_ids"]
-        else:
-            index = int(self.np_random.integers(len(self.prompt_ids)))
-            prompt_ids, domain = self.prompt_ids[index], self.domains[index]
+        prompt_ids, domain = episode_prompt(options or {}, self.tokenizer, self.prompt_ids, self.domains.__getitem__,
+                                            self.np_random)
         self._generator.manual_seed(int(self.np_random.integers(0, 2**62)))
         self._state = start_decode(self.target, prompt_ids, self.max_new_tokens, self.eos_token_ids,
                                    max_k=self.max_draft, request_id=f"episode-{self._episode}", domain=domain)
