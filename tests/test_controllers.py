@@ -198,3 +198,21 @@ def test_short_steps_still_teach_the_target_token(random_target_model, draft):
     assert taught.target_probs.shape == (2, 97)
     refused = next(t for t in gen.traces if t.num_accepted < t.num_proposed)
     assert with_target_token(refused) is refused
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("decode.controller=greedy", "decode.controller='greedy' is not one of fixed, heuristic, confidence, refit, bandit, learned"),
+        ("decode.draft_confidence=0.5", "decode.draft_confidence=0.5 is a threshold, but decode.controller=bandit decides"),
+        ("decode.controller_train_steps=10", "decode.controller_train_steps=10 must be >= 256"),
+        ("decode.controller_policy=/nonexistent", "decode.controller_policy is only read by decode.controller=learned"),
+    ],
+)
+def test_bad_controller_config_names_the_key_and_the_fix(override, message):
+    from aurora_rl.train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        load_config([override])
+    assert load_config([]).decode.controller == "bandit"  # the main job's default
+    assert load_config(["decode.controller=confidence", "decode.draft_confidence=0.4"]).decode.draft_confidence == 0.4
