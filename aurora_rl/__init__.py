@@ -10,3 +10,8 @@ if "aurora_rl/SpecDecode-v0" not in gymnasium.registry:
         id="aurora_rl/SpecDecode-v0",
         entry_point="aurora_rl.envs.spec_decode:SpecDecodeEnv",
     )
+if "aurora_rl/DraftLength-v0" not in gymnasium.registry:
+    gymnasium.register(
+        id="aurora_rl/DraftLength-v0",
+        entry_point="aurora_rl.envs.draft_length:DraftLengthEnv",
+    )

@@ -22,6 +22,9 @@ TINY_RUN = [
     "learner.train_every=4",
     "learner.publish_every=2",
     "progress=false",
+    # The controller path (bandit by default) has its own tests; pinned here so this smoke
+    # run's cost stays what it was (an adaptive k = 0 means more steps, so more learner rounds).
+    "decode.controller=fixed",
 ]
 
 

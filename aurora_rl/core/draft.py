@@ -8,7 +8,7 @@ sequence it opens a :class:`DraftSession`, which owns that sequence's draft-side
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 
@@ -49,6 +49,15 @@ class Proposal:
         return picked.clamp_min(1e-30).log()
 
 
+# When to stop drafting early, consulted after every proposal but the last allowed one:
+# None (never), a float (the draft's own probability of the token is below it, see
+# :func:`unconfident`), or a callable ``(position, raw_logits, token) -> stop?`` where
+# ``position`` counts the proposals drawn so far, this one included (a draft-length
+# controller's session, see ``core/control.py``). ``raw_logits`` may be None for drafters
+# that have no logits (lookup drafters).
+StopRule = Union[float, Callable[[int, "torch.Tensor | None", int], bool], None]
+
+
 @runtime_checkable
 class DraftSession(Protocol):
     """Draft-side state of one sequence."""
@@ -58,13 +67,14 @@ class DraftSession(Protocol):
         k: int,
         sampling: SamplingParams,
         generator: torch.Generator | None,
-        min_confidence: float | None = None,
+        min_confidence: StopRule = None,
     ) -> Proposal:
         """Propose up to ``k`` tokens continuing the sequence as committed so far.
 
-        With ``min_confidence``, stop early after a proposal the draft itself gives less
-        than that probability (see :func:`unconfident`): it would likely be rejected, and
-        every further draft forward would be wasted.
+        ``min_confidence`` is the stop rule (see :data:`StopRule`): with a float, stop early
+        after a proposal the draft itself gives less than that probability (it would likely
+        be rejected, and every further draft forward would be wasted); with a callable, stop
+        when it says so. Stopping early is lossless: it only changes when verification happens.
         """
         ...
 
@@ -116,7 +126,7 @@ class BatchProposer(Protocol):
         ks: Sequence[int],
         samplings: Sequence[SamplingParams],
         generators: Sequence[torch.Generator | None],
-        min_confidences: Sequence[float | None],
+        min_confidences: Sequence[StopRule],
     ) -> list[Proposal]: ...
 
 
@@ -125,6 +135,15 @@ def unconfident(raw_logits: torch.Tensor, token: int, min_confidence: float | No
     if min_confidence is None:
         return False
     return float(raw_logits.float().softmax(-1)[token]) < min_confidence
+
+
+def stop_drafting(rule: StopRule, position: int, raw_logits: torch.Tensor | None, token: int) -> bool:
+    """Apply a :data:`StopRule` after the ``position``-th proposal ``token``."""
+    if rule is None:
+        return False
+    if callable(rule):
+        return bool(rule(position, raw_logits, token))
+    return raw_logits is not None and unconfident(raw_logits, token, rule)
 
 
 def draw(dist: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None) -> int:
@@ -139,7 +158,7 @@ def propose_autoregressively_batched(
     ks: Sequence[int],
     samplings: Sequence[SamplingParams],
     generators: Sequence[torch.Generator | None],
-    min_confidences: Sequence[float | None],
+    min_confidences: Sequence[StopRule],
 ) -> list[Proposal]:
     """Draw up to ``ks[row]`` tokens per row, one at a time: the loop every autoregressive
     drafter shares, for one sequence or many (one draft forward per round).
@@ -147,8 +166,8 @@ def propose_autoregressively_batched(
     ``next_logits(rows, None)`` gives the raw first-position logits of each listed row;
     ``next_logits(rows, tokens)`` feeds each listed row its proposal just drawn and gives
     the next position's. A row leaves the rounds when it has ``ks[row]`` proposals (its last
-    proposal is never fed: nothing would read its output) or stops early (see
-    :func:`unconfident`). Each row draws with its own generator in its own order, so under a
+    proposal is never fed: nothing would read its output) or its stop rule says stop (see
+    :data:`StopRule`). Each row draws with its own generator in its own order, so under a
     seed a row's proposal does not depend on the other rows. Every ``ks[row]`` must be >= 1.
     """
     if any(k < 1 for k in ks):
@@ -166,7 +185,8 @@ def propose_autoregressively_batched(
             tokens[row].append(token)
             dists[row].append(dist)
             raw[row].append(row_logits)
-            if len(tokens[row]) < ks[row] and not unconfident(row_logits, token, min_confidences[row]):
+            drawn = len(tokens[row])
+            if drawn < ks[row] and not stop_drafting(min_confidences[row], drawn, row_logits, token):
                 drafting.append(row)
                 fed.append(token)
         rows = drafting

@@ -19,7 +19,8 @@ from typing import Iterable, Sequence
 import torch
 
 from aurora_rl.core.acceptance import Verdict, greedy_verdict, rejection_verdict
-from aurora_rl.core.draft import BatchProposer, DraftPolicy, DraftSession, Proposal
+from aurora_rl.core.control import ControllerSession, DraftController
+from aurora_rl.core.draft import BatchProposer, DraftPolicy, DraftSession, Proposal, StopRule
 from aurora_rl.core.ragged import run_cached_ragged
 from aurora_rl.core.sampling import GREEDY, SamplingParams, probs_from_logits
 from aurora_rl.core.target import ModelOutput, Target
@@ -41,6 +42,8 @@ class DecodeState:
             None when the target records no features.
         session: the draft session in sync with this sequence, and ``session_version`` the
             policy version that opened it (a new version opens a new session).
+        controller: this request's draft-length controller session (opened on the first
+            step by ``DecodeConfig.controller``), or None.
     """
 
     request_id: str
@@ -54,6 +57,7 @@ class DecodeState:
     features: torch.Tensor | None = None
     session: DraftSession | None = None
     session_version: int | None = None
+    controller: ControllerSession | None = None
     steps: int = 0
     finish_reason: str | None = None  # "eos" | "length"
     created: float = field(default_factory=time.time)
@@ -169,6 +173,9 @@ class DecodeConfig:
         draft_confidence: stop drafting early, after a proposal the draft gives less than
             this probability (None = always ``k`` proposals). Lossless either way; it saves
             the draft forwards (and verify width) of proposals that would be rejected.
+        controller: a draft-length controller (``core/control.py``) that decides each
+            request's proposals per step, at most ``k`` (None = always ``k``, or the
+            ``draft_confidence`` stop). Lossless: it only moves verification.
     """
 
     k: int = 4
@@ -176,6 +183,7 @@ class DecodeConfig:
     explore_temperature: float | None = None
     trace_topk: int | None = None
     draft_confidence: float | None = None
+    controller: DraftController | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -188,6 +196,11 @@ class DecodeConfig:
             raise ValueError(f"trace_topk must be >= 1 or None (full), got {self.trace_topk}")
         if self.draft_confidence is not None and not 0.0 < self.draft_confidence < 1.0:
             raise ValueError(f"draft_confidence must be in (0, 1) or None, got {self.draft_confidence}")
+        if self.controller is not None and self.draft_confidence is not None:
+            raise ValueError(
+                "draft_confidence and a controller both decide when drafting stops: give one "
+                "(the 'confidence' controller applies a fixed threshold)"
+            )
 
     @property
     def draft_sampling(self) -> SamplingParams:
@@ -269,6 +282,8 @@ def _settle(
         state.finish_reason = "eos"
     elif state.remaining <= 0:
         state.finish_reason = "length"
+    if state.controller is not None:
+        state.controller.observe(len(proposal), num_accepted)
     if session is not None and not state.finished:
         session.commit(
             num_accepted, next_token, None if hidden is None else hidden[: num_accepted + 1]
@@ -312,8 +327,19 @@ def verify_step(
 
 
 def _draft_for(state: DecodeState, config: DecodeConfig) -> int:
-    """How many proposals this step may draw: ``k``, less near the end of the budget."""
-    return min(config.k, state.remaining - 1)
+    """How many proposals this step may draw: ``k``, less near the end of the budget, or
+    what the request's controller allows."""
+    limit = min(config.k, state.remaining - 1)
+    if config.controller is None or limit <= 0:
+        return limit
+    if state.controller is None:
+        state.controller = config.controller.start()
+    return max(0, min(limit, state.controller.budget(limit, state.length)))
+
+
+def _stop_rule(state: DecodeState, config: DecodeConfig) -> StopRule:
+    """When drafting stops early this step: the controller's call, else ``draft_confidence``."""
+    return state.controller.stop if state.controller is not None else config.draft_confidence
 
 
 def speculate_step(
@@ -333,7 +359,7 @@ def speculate_step(
     session = sync_session(state, policy)
     k_step = _draft_for(state, config)
     if k_step > 0:
-        proposal = session.propose(k_step, config.draft_sampling, generator, config.draft_confidence)
+        proposal = session.propose(k_step, config.draft_sampling, generator, _stop_rule(state, config))
     else:
         proposal = _no_proposal(policy.vocab_size)
     return verify_step(target, state, proposal, config, generator, policy.version, session)
@@ -368,12 +394,13 @@ def speculate_batch(
         return verify_batch(target, states, proposals, configs, generators)
     sessions = [sync_session(state, policy) for state in states]
     proposals = [_no_proposal(policy.vocab_size) for _ in states]
-    drafting = [row for row, state in enumerate(states) if _draft_for(state, configs[row]) > 0]
+    budgets = [_draft_for(state, config) for state, config in zip(states, configs)]  # once: controllers decide here
+    drafting = [row for row, budget in enumerate(budgets) if budget > 0]
     if drafting:
-        ks = [_draft_for(states[row], configs[row]) for row in drafting]
+        ks = [budgets[row] for row in drafting]
         samplings = [configs[row].draft_sampling for row in drafting]
         picked_generators = [generators[row] for row in drafting]
-        confidences = [configs[row].draft_confidence for row in drafting]
+        confidences = [_stop_rule(states[row], configs[row]) for row in drafting]
         if isinstance(policy, BatchProposer) and len(drafting) > 1:
             drafted = policy.propose_batch(
                 [sessions[row] for row in drafting], ks, samplings, picked_generators, confidences

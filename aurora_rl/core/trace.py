@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -115,3 +115,33 @@ class Trace:
         """Index of the first refused proposal, or None if all were accepted."""
         n = self.num_accepted
         return n if n < self.num_proposed else None
+
+
+def with_target_token(trace: Trace) -> Trace:
+    """``trace`` plus one teacher-forced position: the target's own token after the accepted
+    proposals, when the draft never proposed at that position.
+
+    A step whose proposals were all accepted (including a step with none, when a controller
+    skipped drafting) ends in a bonus token the draft never saw; the target's distribution
+    there is already in ``target_probs``. Learning from it keeps online learning fed when
+    controllers shorten drafts: the draft still learns from the target's tokens. Its
+    behaviour log-probability is recorded as 0 (the target chose it, not the draft) and it
+    counts as accepted. The extended ``target_probs`` gets a zero row for the never-scored
+    position after it. Traces ending at a rejection (or cut by EOS) come back unchanged.
+    """
+    n = trace.num_proposed
+    if trace.num_accepted != n or len(trace.emitted) != n + 1:
+        return trace
+    probs = trace.target_probs
+    if isinstance(probs, TopKProbs):
+        extended = TopKProbs(torch.cat([probs.values, torch.zeros_like(probs.values[:1])]),
+                             torch.cat([probs.indices, torch.zeros_like(probs.indices[:1])]), probs.vocab_size)
+    else:
+        extended = torch.cat([probs, torch.zeros_like(probs[:1])])
+    return replace(
+        trace,
+        proposed=torch.cat([trace.proposed, trace.emitted[-1:]]),
+        draft_logprobs=torch.cat([trace.draft_logprobs.float(), torch.zeros(1)]),
+        target_probs=extended,
+        accept_mask=torch.cat([trace.accept_mask, torch.ones(1, dtype=torch.bool)]),
+    )

@@ -37,3 +37,15 @@ def load_env_sources(
     if len(dataset) == 0:
         raise ValueError(f"the prompt set {prompts or world!r} is empty")
     return EnvSources(tokenizer, causal_lm, dataset)
+
+
+def episode_prompt(options: dict, tokenizer, prompt_ids: list[list[int]], domain_of, np_random) -> tuple[list[int], str]:
+    """An episode's prompt ids and domain tag: ``options["prompt_ids"]`` or
+    ``options["prompt"]`` (text) if given, else one of ``prompt_ids`` drawn with the env's
+    ``np_random`` (``domain_of(index)`` tags it)."""
+    if "prompt_ids" in options:
+        return list(options["prompt_ids"]), ""
+    if "prompt" in options:
+        return tokenizer(options["prompt"])["input_ids"], ""
+    index = int(np_random.integers(len(prompt_ids)))
+    return prompt_ids[index], domain_of(index)

@@ -17,7 +17,7 @@ from aurora_rl.core.spec import DecodeConfig, DecodeState, start_decode, verify_
 from aurora_rl.core.target import Target
 from aurora_rl.core.trace import Trace, TopKProbs
 from aurora_rl.envs.render import render_step
-from aurora_rl.envs.sources import load_env_sources
+from aurora_rl.envs.sources import episode_prompt, load_env_sources
 
 
 class SpecDecodeEnv(gym.Env):
@@ -171,16 +171,8 @@ class SpecDecodeEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        options = options or {}
-        domain = ""
-        if "prompt_ids" in options:
-            prompt_ids = list(options["prompt_ids"])
-        elif "prompt" in options:
-            prompt_ids = self.tokenizer(options["prompt"])["input_ids"]
-        else:
-            index = int(self.np_random.integers(len(self.prompt_ids)))
-            prompt_ids = self.prompt_ids[index]
-            domain = self.prompts[index].get("domain", "")
+        prompt_ids, domain = episode_prompt(options or {}, self.tokenizer, self.prompt_ids,
+                                            lambda index: self.prompts[index].get("domain", ""), self.np_random)
         if len(prompt_ids) + self.max_new_tokens > self.max_context:
             raise ValueError(
                 f"prompt of {len(prompt_ids)} tokens + max_new_tokens={self.max_new_tokens} "

@@ -40,7 +40,7 @@ from aurora_rl.core.target import Target, check_tokenizer_fits, load_causal_lm
 from aurora_rl.serve.config import ConfigError, as_train_config, describe, load_config, to_yaml
 from aurora_rl.serving import http
 from aurora_rl.serving.server import build_server
-from aurora_rl.train.arms import Setting, model_free_drafter, pretrained, scratch_drafter, with_suffix
+from aurora_rl.train.arms import Setting, arm_controller, model_free_drafter, pretrained, scratch_drafter, with_suffix
 from aurora_rl.train.config import MODEL_FREE_KINDS
 from aurora_rl.world import get_world
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     api_key = cfg.server.api_key or os.environ.get(API_KEY_ENV) or None
     server = build_server(
         target, tokenizer, drafter,
-        decode=cfg.decode.to_decode_config(), model_name=model_name,
+        decode=cfg.decode.to_decode_config(controller=arm_controller(setting, drafter)), model_name=model_name,
         server=replace(cfg.server, api_key=api_key), engine=cfg.engine,
         learner=cfg.learner if cfg.learn else None, algo=cfg.algo, snapshots=cfg.snapshots, seed=cfg.seed,
     )  # fmt: skip

@@ -33,7 +33,7 @@ import torch
 from aurora_rl.algos import AlgoConfig, make_algorithm
 from aurora_rl.core.buffer import TraceBuffer
 from aurora_rl.core.draft import DraftPolicy
-from aurora_rl.core.trace import Trace
+from aurora_rl.core.trace import Trace, with_target_token
 from aurora_rl.serving.gate import GateDecision, gate
 from aurora_rl.serving.monitor import SwapMonitor
 from aurora_rl.serving.publish import LivePolicy
@@ -167,13 +167,16 @@ class Learner:
         """Decode side: one trace in (buffer + swap monitor); never blocks on training.
 
         A drafter that proposes some steps with another, untrained proposer (the hybrid)
-        says through ``learning_view`` what its learned part should see of each trace."""
+        says through ``learning_view`` what its learned part should see of each trace. The
+        buffer gets the trace with the target's own bonus token as one more position
+        (``with_target_token``), so steps a draft-length controller kept short -- or skipped
+        -- still teach the draft."""
         view = getattr(self.live.current, "learning_view", None)
         if view is not None:
             trace = view(trace, on_policy_only=self.needs_exploration)
             if trace is None:
                 return
-        self.buffer.add(trace)
+        self.buffer.add(with_target_token(trace))
         self.monitor.observe(trace)
 
     def train_round(self, updates: int | None = None) -> list[dict[str, float]]:

@@ -33,7 +33,7 @@ from aurora_rl.core.target import Target, check_tokenizer_fits, load_causal_lm
 from aurora_rl.plots import plot_accepted_length
 from aurora_rl.serving.learner import Learner
 from aurora_rl.serving.publish import LivePolicy
-from aurora_rl.train.arms import Setting, initial_drafter
+from aurora_rl.train.arms import Setting, arm_controller, initial_drafter
 from aurora_rl.train.config import ARMS, DEFAULT_ARMS, ConfigError, describe, load_config, to_yaml
 from aurora_rl.train.report import ArmRecorder
 from aurora_rl.world import get_world
@@ -46,11 +46,12 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
     mode, _ = ARMS[arm]
     began = time.perf_counter()
     live = LivePolicy(initial_drafter(s, arm)) if mode != "none" else None
+    controller = arm_controller(s, live.current) if live else None
     setup_seconds = time.perf_counter() - began
     buffer = cfg.learner.make_buffer() if mode == "online" else None
     learner = Learner(live, buffer, cfg.algo, cfg.learner, s.pad_id, cfg.seed, accelerator) if mode == "online" else None
     explore = cfg.algo.explore_temperature if learner and learner.needs_exploration else None
-    decoder = SpeculativeDecoder(s.target, live, cfg.decode.to_decode_config(explore), s.eos)
+    decoder = SpeculativeDecoder(s.target, live, cfg.decode.to_decode_config(explore, controller), s.eos)
     version = (lambda: live.version) if live else (lambda: 0)
     recorder = ArmRecorder(run_dir, arm, stream.phases, cfg.decode.k)
     clock = {"steps": 0, "learner_seconds": 0.0}

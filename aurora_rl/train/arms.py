@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
@@ -17,6 +18,7 @@ from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.policies.suffix import SuffixDrafter
 from aurora_rl.train.config import ARMS, MODEL_FREE_KINDS, TrainConfig
+from aurora_rl.train.controllers import build_controller, controller_cost, learned_policy, load_policy
 from aurora_rl.train.rounds import train_rounds
 from aurora_rl.world import World
 from aurora_rl.world.traffic import Request, make_traffic
@@ -31,6 +33,8 @@ class Setting:
     target: Target
     tokenizer: PreTrainedTokenizerBase
     pretrained_cache: object | None = None
+    cost_cache: object | None = None
+    policy_cache: object | None = None
 
     @property
     def eos(self) -> list[int]:
@@ -126,3 +130,24 @@ def learned_drafter(s: Setting, init: str):
             s.pretrained_cache = pretrained(s)
         return s.pretrained_cache.clone()
     return scratch_drafter(s)
+
+
+def arm_controller(s: Setting, drafter):
+    """A fresh instance of ``decode.controller`` for one arm (None = fixed k). The cost model
+    is profiled on ``drafter``'s shape; a learned policy is trained on the pretrained draft
+    (the static one every pretrained arm starts from), once per run, then cached on disk."""
+    decode = s.cfg.decode
+    if decode.controller in ("refit", "bandit", "learned") and s.cost_cache is None:
+        s.cost_cache = controller_cost(s.target, drafter, decode.k, s.cfg.world.cache_dir)
+    if decode.controller == "learned" and s.policy_cache is None:
+        if decode.controller_policy:
+            s.policy_cache = load_policy(decode.controller_policy)
+        else:
+            if s.pretrained_cache is None:
+                s.pretrained_cache = pretrained(s)
+            tag = json.dumps({"kind": s.cfg.drafter.kind, **asdict(s.cfg.drafter), "seed": s.cfg.seed}, sort_keys=True)
+            s.policy_cache = learned_policy(s.world, s.target, s.tokenizer, s.pretrained_cache, s.cost_cache, decode.k,
+                                            s.cfg.traffic.max_new_tokens, tag, s.cfg.world.cache_dir, s.cfg.seed, s.cfg.progress,
+                                            decode.controller_train_steps)
+    return build_controller(decode.controller, decode.k, s.cost_cache, decode.draft_confidence, s.policy_cache,
+                            s.target.max_positions)

@@ -21,6 +21,7 @@ from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.policies.prompt_lookup import PromptLookupConfig
 from aurora_rl.policies.suffix import SuffixConfig
 from aurora_rl.serving.learner import LearnerConfig
+from aurora_rl.train.controllers import CONTROLLERS
 from aurora_rl.world.precision import PRECISIONS
 from aurora_rl.world.traffic import SCHEDULES
 
@@ -44,6 +45,7 @@ DEFAULT_ARMS = ("target_only", "static", "offline", "online_scratch", "online_pr
 LEARNED_KINDS = ("small_lm", "eagle")
 MODEL_FREE_KINDS = ("suffix", "prompt_lookup")
 DRAFTER_KINDS = LEARNED_KINDS + MODEL_FREE_KINDS
+BEST_CONTROLLER = "bandit"  # the main job's default: see docs/controllers.md
 
 
 class ConfigError(ValueError):
@@ -87,7 +89,19 @@ class DecodeSection:
     trace_topk: int | None = _help("keep only the target's top-K probabilities in traces (null = full vocabulary)", None)
     draft_confidence: float | None = _help(
         "stop drafting after a proposal the draft gives less than this probability (null = always k); "
-        "lossless, faster in wall-clock, but traces then have fewer positions to learn from", None)
+        "lossless, faster in wall-clock, but traces then have fewer positions to learn from. With "
+        "controller=confidence or refit it is the (starting) threshold", None)
+    controller: str = _help(
+        "who decides each step's draft length (at most k), online per request; all lossless: fixed (always k) | "
+        "heuristic (transformers' +2/-1 schedule) | confidence (stop below draft_confidence, default 0.5) | refit "
+        "(that threshold re-fitted online from accept/reject outcomes, weighted by the measured cost model) | bandit "
+        "(discounted UCB over k = 0..k on measured goodput) | learned (a tiny policy trained with PPO on "
+        "DraftLength-v0; trained once and cached unless controller_policy is given)", "fixed")
+    controller_policy: str | None = _help(
+        "controller=learned: a saved policy directory (controller.json + policy.safetensors); null = train one "
+        "with PPO on DraftLength-v0 for this world, drafter and machine (cached)", None)
+    controller_train_steps: int = _help(
+        "controller=learned without controller_policy: PPO env steps (draft decisions) of its training", 6144)
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -102,10 +116,24 @@ class DecodeSection:
             raise ValueError(f"decode.trace_topk={self.trace_topk} must be >= 1 or null (full vocabulary)")
         if self.draft_confidence is not None and not 0 < self.draft_confidence < 1:
             raise ValueError(f"decode.draft_confidence={self.draft_confidence} must be in (0, 1) or null")
+        if self.controller not in CONTROLLERS:
+            raise ValueError(f"decode.controller={self.controller!r} is not one of {', '.join(CONTROLLERS)}")
+        if self.draft_confidence is not None and self.controller not in ("fixed", "confidence", "refit"):
+            raise ValueError(
+                f"decode.draft_confidence={self.draft_confidence} is a threshold, but decode.controller="
+                f"{self.controller} decides draft lengths itself: set decode.controller=confidence (or refit), "
+                "or decode.draft_confidence=null"
+            )
+        if self.controller_train_steps < 256:
+            raise ValueError(f"decode.controller_train_steps={self.controller_train_steps} must be >= 256 (one PPO rollout)")
+        if self.controller_policy is not None and self.controller != "learned":
+            raise ValueError(f"decode.controller_policy is only read by decode.controller=learned (got {self.controller})")
 
-    def to_decode_config(self, explore_temperature: float | None = None) -> DecodeConfig:
+    def to_decode_config(self, explore_temperature: float | None = None, controller=None) -> DecodeConfig:
+        """The decode rule; ``controller`` is the arm's built controller (None = fixed k)."""
         sampling = SamplingParams(self.temperature, self.top_k, self.top_p)
-        return DecodeConfig(self.k, sampling, explore_temperature, self.trace_topk, self.draft_confidence)
+        confidence = self.draft_confidence if controller is None else None
+        return DecodeConfig(self.k, sampling, explore_temperature, self.trace_topk, confidence, controller)
 
 
 @dataclass
@@ -152,7 +180,8 @@ class TrainConfig:
     progress: bool = _help("show progress bars", True)
     world: WorldSection = _help("target, tokenizer and prompts", factory=WorldSection)
     traffic: TrafficSection = _help("the request stream every arm serves", factory=TrafficSection)
-    decode: DecodeSection = _help("speculative decoding", factory=DecodeSection)
+    decode: DecodeSection = _help("speculative decoding (the main job's default controller is the study's best: "
+                                  "experiments/results/controllers/)", factory=lambda: DecodeSection(controller=BEST_CONTROLLER))
     drafter: DrafterSection = _help("the draft policy", factory=DrafterSection)
     algo: AlgoConfig = _help("the learning rule", factory=AlgoConfig)
     learner: LearnerConfig = _help("online learning schedule, gate and rollback", factory=LearnerConfig)
@@ -191,6 +220,8 @@ def validate(cfg: TrainConfig) -> None:
                        ("drafter.pretrain_steps", cfg.drafter.pretrain_steps)]:
         if value < 1:
             raise ConfigError(f"{key}={value} must be >= 1")
+    if cfg.decode.controller_policy and not Path(cfg.decode.controller_policy).expanduser().is_dir():
+        raise ConfigError(f"decode.controller_policy={cfg.decode.controller_policy!r} is not a directory: give a saved policy, or null to train one")
     if cfg.decode.k >= cfg.traffic.max_new_tokens:
         raise ConfigError(f"decode.k={cfg.decode.k} must be < traffic.max_new_tokens={cfg.traffic.max_new_tokens} (a step emits up to k + 1 tokens)")
     if cfg.drafter.kind not in LEARNED_KINDS:

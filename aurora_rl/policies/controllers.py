@@ -1,0 +1,230 @@
+"""Hand-made draft-length controllers: fixed k, HF's heuristic schedule, a confidence
+threshold (fixed, or re-fitted online from live verdicts), and a bandit over k.
+
+Each is a :class:`~aurora_rl.core.control.DraftController`: it only decides when the target
+verifies, so every one is lossless (``tests/test_controllers.py``). The learned policy
+trained on ``DraftLength-v0`` is in ``learned_controller.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import torch
+
+from aurora_rl.core.control import token_stats
+from aurora_rl.core.cost import CostModel
+
+
+class _NeverStops:
+    def stop(self, position: int, raw_logits: torch.Tensor | None, token: int) -> bool:
+        return False
+
+
+class FixedSession(_NeverStops):
+    def budget(self, limit: int, context_len: int) -> int:
+        return limit
+
+    def observe(self, num_proposed: int, num_accepted: int) -> None:
+        pass
+
+
+class FixedK:
+    """Always ``decode.k`` proposals (the default before controllers existed)."""
+
+    name = "fixed"
+
+    def start(self) -> FixedSession:
+        return FixedSession()
+
+
+class HeuristicSession(_NeverStops):
+    def __init__(self, controller: "HeuristicSchedule") -> None:
+        self.controller = controller
+
+    def budget(self, limit: int, context_len: int) -> int:
+        return min(limit, self.controller.current)
+
+    def observe(self, num_proposed: int, num_accepted: int) -> None:
+        if num_proposed:
+            self.controller.update(all_accepted=num_accepted == num_proposed)
+
+
+class HeuristicSchedule:
+    """Transformers' assisted-generation ``"heuristic"`` schedule: the lookahead grows by 2
+    after a step whose proposals were all accepted and shrinks by 1 (to at least 1)
+    otherwise. Like transformers' default it persists across requests; here it is capped at
+    ``max_k`` (``decode.k``) and starts there."""
+
+    name = "heuristic"
+
+    def __init__(self, max_k: int, start: int | None = None) -> None:
+        if max_k < 1:
+            raise ValueError(f"max_k must be >= 1, got {max_k}")
+        self.max_k = max_k
+        self.current = min(max_k, start or max_k)
+
+    def update(self, all_accepted: bool) -> None:
+        self.current = min(self.max_k, self.current + 2) if all_accepted else max(1, self.current - 1)
+
+    def start(self) -> HeuristicSession:
+        return HeuristicSession(self)
+
+
+class ThresholdSession:
+    """Stops after a proposal the draft gives less than the controller's threshold, and
+    reports each judged proposal's probability and verdict back to it."""
+
+    def __init__(self, controller: "ConfidenceThreshold") -> None:
+        self.controller = controller
+        self.probs: list[float] = []
+
+    def budget(self, limit: int, context_len: int) -> int:
+        self.probs = []
+        return limit
+
+    def stop(self, position: int, raw_logits: torch.Tensor | None, token: int) -> bool:
+        prob, _ = token_stats(raw_logits, token)
+        self.probs.append(prob)
+        return prob < self.controller.threshold
+
+    def observe(self, num_proposed: int, num_accepted: int) -> None:
+        # Proposals 1..num_accepted were accepted, the next one refused; later ones were
+        # never judged. (The last allowed proposal never reached stop(): no probability.)
+        judged = self.probs[: num_accepted + 1]
+        self.controller.record([(p, i < num_accepted) for i, p in enumerate(judged)])
+
+
+class ConfidenceThreshold:
+    """Stop drafting after a proposal the draft itself gives less than ``threshold``
+    (transformers' ``assistant_confidence_threshold``, our ``draft_confidence``)."""
+
+    name = "confidence"
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.threshold = threshold
+
+    def record(self, outcomes: list[tuple[float, bool]]) -> None:
+        pass
+
+    def start(self) -> ThresholdSession:
+        return ThresholdSession(self)
+
+
+class RefitThreshold(ConfidenceThreshold):
+    """A confidence threshold re-fitted online from live accept/reject outcomes.
+
+    Like transformers' dynamic ``assistant_confidence_threshold`` it keeps (probability,
+    accepted?) pairs of judged proposals and picks the threshold minimising a weighted count
+    of mistakes -- but the weights come from the measured cost model instead of a fixed 1:3:
+    continuing past a proposal that gets refused wastes a draft forward and a verify column
+    (``c + width slope`` target steps); stopping before one that would be accepted gives up
+    about one token until the next step.
+
+    Args:
+        cost: the measured cost model (batch 1 is used).
+        start: the threshold before enough outcomes are in.
+        window: most recent pairs kept.
+        refit_every: re-fit after this many new pairs.
+    """
+
+    name = "refit"
+
+    def __init__(self, cost: CostModel, start: float = 0.5, window: int = 2000, refit_every: int = 32) -> None:
+        super().__init__(start)
+        # Floored: a noisy profile must not make wasted proposals look free.
+        self.false_continue = max(cost.draft_token_cost() + cost.verify_token_cost(1) - 1.0, 0.05)
+        self.false_stop = 1.0
+        self.outcomes: deque[tuple[float, bool]] = deque(maxlen=window)
+        self.refit_every = refit_every
+        self._since_fit = 0
+
+    def record(self, outcomes: list[tuple[float, bool]]) -> None:
+        self.outcomes.extend(outcomes)
+        self._since_fit += len(outcomes)
+        if self._since_fit >= self.refit_every:
+            self._since_fit = 0
+            self.threshold = best_threshold(list(self.outcomes), self.false_continue, self.false_stop, self.threshold)
+
+
+def best_threshold(outcomes: list[tuple[float, bool]], false_continue: float, false_stop: float, current: float) -> float:
+    """The threshold ``t`` minimising ``false_continue * #{refused, p >= t} + false_stop *
+    #{accepted, p < t}`` over the observed probabilities (ties keep the lower threshold);
+    ``current`` while the outcomes hold only one class."""
+    if not outcomes or all(a for _, a in outcomes) or not any(a for _, a in outcomes):
+        return current
+    ranked = sorted(outcomes)
+    refused_at_or_above = sum(1 for _, a in ranked if not a)
+    accepted_below = 0
+    best, best_cost = current, math.inf
+    for i, (prob, accepted) in enumerate(ranked):
+        if i == 0 or prob != ranked[i - 1][0]:  # threshold = this probability
+            cost = false_continue * refused_at_or_above + false_stop * accepted_below
+            if cost < best_cost:
+                best, best_cost = prob, cost
+        if accepted:
+            accepted_below += 1
+        else:
+            refused_at_or_above -= 1
+    return min(max(best, 1e-3), 1 - 1e-3)
+
+
+class BanditSession(_NeverStops):
+    def __init__(self, controller: "BanditK") -> None:
+        self.controller = controller
+        self.chose = False
+
+    def budget(self, limit: int, context_len: int) -> int:
+        self.chose = True
+        return min(limit, self.controller.choose())
+
+    def observe(self, num_proposed: int, num_accepted: int) -> None:
+        if self.chose:  # the budget's last step (no choice made) teaches nothing
+            self.controller.update(num_proposed, num_accepted + 1)
+        self.chose = False
+
+
+class BanditK:
+    """A discounted-UCB bandit over k in ``0 .. max_k``, shared by all requests.
+
+    Its reward is a step's goodput in target-step units: emitted tokens / modelled step
+    cost (``CostModel.token_cost``; k = 0 scores exactly 1). Discounting (``gamma`` per
+    step) lets it follow a draft that learns online and traffic that shifts.
+    """
+
+    name = "bandit"
+
+    def __init__(self, cost: CostModel, max_k: int, gamma: float = 0.995, exploration: float = 0.5) -> None:
+        if max_k > cost.max_k:
+            raise ValueError(f"max_k={max_k} exceeds the cost model's measured k (<= {cost.max_k})")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        self.cost = cost
+        self.costs = [cost.token_cost(k) for k in range(max_k + 1)]
+        self.counts = [0.0] * (max_k + 1)
+        self.sums = [0.0] * (max_k + 1)
+        self.gamma, self.exploration = gamma, exploration
+        self.chosen: list[int] = []  # the arm of every step, for plots
+
+    def choose(self) -> int:
+        untried = [k for k, n in enumerate(self.counts) if n == 0]
+        if untried:
+            arm = untried[0]
+        else:
+            total = sum(self.counts)
+            arm = max(range(len(self.counts)), key=lambda k: self.sums[k] / self.counts[k]
+                      + self.exploration * math.sqrt(math.log(max(total, 1.0)) / self.counts[k]))
+        self.chosen.append(arm)
+        return arm
+
+    def update(self, k: int, emitted: int) -> None:
+        self.counts = [n * self.gamma for n in self.counts]
+        self.sums = [s * self.gamma for s in self.sums]
+        self.counts[k] += 1.0
+        self.sums[k] += emitted / self.costs[k]
+
+    def start(self) -> BanditSession:
+        return BanditSession(self)
