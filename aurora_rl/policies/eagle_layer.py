@@ -186,6 +186,10 @@ class EagleConfig:
         intermediate_size: width of the block's SwiGLU MLP.
         rope_theta: RoPE base of the block.
         rms_norm_eps: epsilon of the block's RMSNorms.
+        draft_vocab_size: 0 = the head drafts over the whole target vocabulary through the
+            target's frozen LM head; ``n > 0`` = an EAGLE-3-style reduced draft vocabulary of
+            ``n`` target tokens (``d2t``) with its own trainable ``n``-row LM head. Tokens
+            outside it are never proposed (their draft probability is exactly 0).
     """
 
     hidden_layers: tuple[int, ...]
@@ -195,6 +199,7 @@ class EagleConfig:
     intermediate_size: int
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
+    draft_vocab_size: int = 0
 
     def __post_init__(self) -> None:
         # JSON gives lists back; the layers are compared with Target.hidden_layers (a tuple).
@@ -206,6 +211,11 @@ class EagleConfig:
         for name in ("hidden_size", "vocab_size", "num_heads", "intermediate_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.draft_vocab_size <= self.vocab_size:
+            raise ValueError(
+                f"draft_vocab_size must be 0 (the full vocabulary) or in [1, vocab_size={self.vocab_size}], "
+                f"got {self.draft_vocab_size}"
+            )
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
             raise ValueError(
                 f"hidden_size {self.hidden_size} must split into num_heads {self.num_heads} heads "
@@ -238,7 +248,9 @@ class EagleConfig:
 
 
 class EagleHead(nn.Module):
-    """The trainable part: ``proj`` ``D -> d``, ``fc`` ``2d -> d``, one decoder block, ``norm``."""
+    """The trainable part: ``proj`` ``D -> d``, ``fc`` ``2d -> d``, one decoder block, ``norm``;
+    with a reduced draft vocabulary also ``lm_head`` ``d -> n`` and the buffer ``d2t`` ``(n,)``
+    (draft index -> target token id, increasing), saved with the weights."""
 
     def __init__(self, config: EagleConfig) -> None:
         super().__init__()
@@ -250,6 +262,9 @@ class EagleHead(nn.Module):
             d, config.num_heads, config.intermediate_size, config.rope_theta, config.rms_norm_eps
         )
         self.norm = RMSNorm(d, config.rms_norm_eps)
+        if config.draft_vocab_size:
+            self.lm_head = nn.Linear(d, config.draft_vocab_size, bias=False)
+            self.register_buffer("d2t", torch.arange(config.draft_vocab_size, dtype=torch.long))
 
     def forward(
         self,
