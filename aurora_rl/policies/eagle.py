@@ -80,7 +80,7 @@ class EagleSession:
         head = self.model.head
         ids = torch.tensor(self.tokens[self.fed :], dtype=torch.long)
         positions = torch.arange(self.fed, len(self.tokens))
-        previous = head.proj(self._pending)
+        previous = head.project(self._pending)
         out = head(self.model.embed(ids)[None], previous[None], positions[None], self.cache)
         self._last = out[0, -1]
         self.fed = len(self.tokens)
@@ -252,7 +252,7 @@ class EagleModel(nn.Module):
             )
         mask = batch.context_mask
         # The pair at window position p reads the feature at p - 1; none before the window.
-        projected = self.head.proj(batch.context_features.to(self.dtype))
+        projected = self.head.project(batch.context_features.to(self.dtype))
         previous = F.pad(projected[:, :-1], (0, 0, 1, 0)) * F.pad(mask[:, :-1], (1, 0))[..., None]
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
         cache = KVCache()
@@ -322,6 +322,10 @@ class EagleDrafter:
             intermediate_size=intermediate_size or model_config.intermediate_size,
             rms_norm_eps=getattr(model_config, "rms_norm_eps", 1e-6),
             draft_vocab_size=0 if draft_vocab is None else len(draft_vocab),
+            # EAGLE-3's fusion: raw residual streams of low/mid/high layers differ in scale by
+            # 10x and dwarf the token embedding (SmolLM2: rms 3, 17, 35 vs 0.13), so each is
+            # normalised before they are fused and paired.
+            fused_norms=draft_vocab is not None,
         )
         with torch.random.fork_rng():
             torch.manual_seed(seed)

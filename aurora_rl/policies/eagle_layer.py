@@ -190,6 +190,9 @@ class EagleConfig:
             target's frozen LM head; ``n > 0`` = an EAGLE-3-style reduced draft vocabulary of
             ``n`` target tokens (``d2t``) with its own trainable ``n``-row LM head. Tokens
             outside it are never proposed (their draft probability is exactly 0).
+        fused_norms: RMS-normalise each read layer's feature before ``proj`` fuses them, and
+            the token embedding before ``fc`` pairs it (EAGLE-3), so no layer's scale drowns
+            the others or the token.
     """
 
     hidden_layers: tuple[int, ...]
@@ -200,6 +203,7 @@ class EagleConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     draft_vocab_size: int = 0
+    fused_norms: bool = False
 
     def __post_init__(self) -> None:
         # JSON gives lists back; the layers are compared with Target.hidden_layers (a tuple).
@@ -262,6 +266,9 @@ class EagleHead(nn.Module):
             d, config.num_heads, config.intermediate_size, config.rope_theta, config.rms_norm_eps
         )
         self.norm = RMSNorm(d, config.rms_norm_eps)
+        if config.fused_norms:
+            self.feature_norms = nn.ModuleList(RMSNorm(d, config.rms_norm_eps) for _ in config.hidden_layers)
+            self.embed_norm = RMSNorm(d, config.rms_norm_eps)
         if config.draft_vocab_size:
             self.lm_head = nn.Linear(d, config.draft_vocab_size, bias=False)
             self.register_buffer("d2t", torch.arange(config.draft_vocab_size, dtype=torch.long))
@@ -279,7 +286,17 @@ class EagleHead(nn.Module):
         ``previous`` is ``proj(f)`` of true features or earlier outputs ``h``; ``positions``
         ``(B, T)``; the pairs are appended to ``cache`` (``key_mask`` as in ``DecoderBlock``).
         """
+        if self.config.fused_norms:
+            embeds = self.embed_norm(embeds)
         return self.block(self.fc(torch.cat([embeds, previous], dim=-1)), positions, cache, key_mask)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """``proj`` of target features ``(..., D)`` -> ``(..., d)`` (each layer normalised first
+        with ``fused_norms``)."""
+        if self.config.fused_norms:
+            parts = features.split(self.config.hidden_size, dim=-1)
+            features = torch.cat([norm(part) for norm, part in zip(self.feature_norms, parts)], dim=-1)
+        return self.proj(features)
 
     def reset_parameters(self) -> None:
         """Start as "the previous feature plus the token": ``proj`` averages the read layers
