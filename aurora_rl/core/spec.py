@@ -158,6 +158,11 @@ def _no_proposal(vocab_size: int) -> Proposal:
     return Proposal(torch.zeros(0, dtype=torch.long), torch.zeros(0, vocab_size))
 
 
+# Above this vocabulary size traces keep the target's top-K probabilities unless told otherwise.
+FULL_PROBS_MAX_VOCAB = 8192
+LARGE_VOCAB_TOPK = 64
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """How speculative decoding runs.
@@ -169,7 +174,8 @@ class DecodeConfig:
             at this temperature instead of taking its argmax (still lossless; policy
             gradient needs it). None = argmax.
         trace_topk: keep the target's distributions in traces as their top-K entries
-            (None = the full vocabulary).
+            (None = the full vocabulary up to ``FULL_PROBS_MAX_VOCAB`` tokens, and the top
+            ``LARGE_VOCAB_TOPK`` beyond: a full row of a 49k vocabulary is 200 KB per position).
         draft_confidence: stop drafting early, after a proposal the draft gives less than
             this probability (None = always ``k`` proposals). Lossless either way; it saves
             the draft forwards (and verify width) of proposals that would be rejected.
@@ -201,6 +207,12 @@ class DecodeConfig:
                 "draft_confidence and a controller both decide when drafting stops: give one "
                 "(the 'confidence' controller applies a fixed threshold)"
             )
+
+    def trace_topk_for(self, vocab_size: int) -> int | None:
+        """The top-K traces keep for a target of ``vocab_size`` tokens (None = all of them)."""
+        if self.trace_topk is None and vocab_size > FULL_PROBS_MAX_VOCAB:
+            return LARGE_VOCAB_TOPK
+        return self.trace_topk
 
     @property
     def draft_sampling(self) -> SamplingParams:
@@ -297,7 +309,7 @@ def _settle(
         context_ids=state.tokens[:context_len],
         proposed=proposal.tokens.clone(),
         draft_logprobs=proposal.logprobs if len(proposal) else torch.zeros(0),
-        target_probs=store_probs(scored.logits.softmax(-1), config.trace_topk),
+        target_probs=store_probs(scored.logits.softmax(-1), config.trace_topk_for(scored.logits.shape[-1])),
         accept_mask=accept_mask,
         emitted=emitted,
         context_features=None if state.features is None else state.features[:context_len],

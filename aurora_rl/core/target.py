@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from aurora_rl.world.gguf import dequantized_dir, gguf_file
 
 
 def plain_kv_layer(layer) -> bool:
@@ -71,12 +73,28 @@ class ModelOutput:
     hidden: torch.Tensor | None
 
 
+def model_location(name_or_path: str | Path) -> str:
+    """Where ``from_pretrained`` finds a model: a hub id or directory as given, or for a
+    ``*.gguf`` file (or a directory holding one) its dequantized copy in the cache."""
+    found = gguf_file(name_or_path)
+    return str(name_or_path) if found is None else str(dequantized_dir(found))
+
+
 def load_causal_lm(
     name_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ) -> PreTrainedModel:
-    """Load a causal LM by hub id or local directory, in eval mode."""
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
+    """Load a causal LM by hub id, local directory or GGUF file, in eval mode."""
+    model = AutoModelForCausalLM.from_pretrained(model_location(name_or_path), dtype=dtype)
     return model.to(device).eval()
+
+
+def load_model_and_tokenizer(name_or_path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """:func:`load_causal_lm` and the tokenizer stored with it, checked to belong together."""
+    location = model_location(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    model = load_causal_lm(location)
+    check_tokenizer_fits(tokenizer, model, str(name_or_path))
+    return model, tokenizer
 
 
 def run_cached(

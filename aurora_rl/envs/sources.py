@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from aurora_rl.core.target import check_tokenizer_fits, load_causal_lm
+from aurora_rl.core.target import load_model_and_tokenizer
 from aurora_rl.world import get_world
 from aurora_rl.world.traffic import load_prompts
 
@@ -26,13 +26,11 @@ def load_env_sources(
     """The world's target/tokenizer/held-out prompts, or a given model dir/hub id and prompts."""
     if model is None:
         built = get_world(world, cache_dir=cache_dir)
-        tokenizer, causal_lm, where = built.tokenizer(), built.target(), str(built.path)
+        tokenizer, causal_lm = built.tokenizer(), built.target()
         default_prompts = built
     else:
-        tokenizer = AutoTokenizer.from_pretrained(str(model))
-        causal_lm, where = load_causal_lm(model), str(model)
+        causal_lm, tokenizer = load_model_and_tokenizer(model)
         default_prompts = world
-    check_tokenizer_fits(tokenizer, causal_lm, where)
     dataset = load_prompts(prompts if prompts is not None else default_prompts, split="heldout")
     if len(dataset) == 0:
         raise ValueError(f"the prompt set {prompts or world!r} is empty")

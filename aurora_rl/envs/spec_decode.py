@@ -83,7 +83,8 @@ class SpecDecodeEnv(gym.Env):
       ``.jsonl`` / ``.parquet`` file or HF dataset id with a ``prompt`` column).
     - ``k``: proposals per step. ``max_new_tokens``: the token budget per episode.
     - ``temperature``, ``top_k``, ``top_p``: the target's decoding rule (0 = greedy).
-    - ``target_probs_topk``: report only the top-K target probabilities (None = full).
+    - ``target_probs_topk``: report only the top-K target probabilities (None = full, or the
+      top 64 for vocabularies over 8192 tokens, as in ``DecodeConfig.trace_topk``).
     - ``hidden_layers``: target hidden states to report in ``info`` (EAGLE-style agents).
     - ``action_logits``: include ``draft_logits`` in the action space (default: when sampling).
     - ``max_context``: observation length (default: longest prompt + ``max_new_tokens``).

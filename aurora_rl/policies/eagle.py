@@ -29,8 +29,14 @@ from aurora_rl.core.batch import TraceBatch
 from aurora_rl.core.draft import Proposal, propose_autoregressively_batched
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import Target
+from aurora_rl.policies.draft_vocab import check_draft_vocab
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
 from aurora_rl.policies.eagle_layer import EagleConfig, EagleHead, KVCache, step_ragged
+
+
+# Logits below the lowest in-vocabulary one given to tokens outside a reduced draft vocabulary
+# while training (e^-30: no mass to speak of, but finite).
+OUTSIDE_MARGIN = 30.0
 
 
 def _normalised_layers(layers: Sequence[int], num_states: int) -> tuple[int, ...]:
@@ -74,7 +80,7 @@ class EagleSession:
         head = self.model.head
         ids = torch.tensor(self.tokens[self.fed :], dtype=torch.long)
         positions = torch.arange(self.fed, len(self.tokens))
-        previous = head.proj(self._pending)
+        previous = head.project(self._pending)
         out = head(self.model.embed(ids)[None], previous[None], positions[None], self.cache)
         self._last = out[0, -1]
         self.fed = len(self.tokens)
@@ -195,12 +201,28 @@ class EagleModel(nn.Module):
         """The target's frozen token embeddings ``(..., d)`` of ``ids`` ``(...)``."""
         return F.embedding(ids, self._shared[0].weight.detach()).to(self.dtype)
 
-    def logits(self, outputs: torch.Tensor) -> torch.Tensor:
-        """``(..., V)`` float32 logits of head outputs ``(..., d)`` through the frozen LM head."""
-        lm_head = self._shared[1]
-        weight = lm_head.weight.detach()
-        bias = None if lm_head.bias is None else lm_head.bias.detach()
-        return F.linear(self.head.norm(outputs).to(weight.dtype), weight, bias).float()
+    def logits(self, outputs: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """``(..., V)`` float32 logits of head outputs ``(..., d)``.
+
+        Over the full vocabulary they come from the target's frozen LM head. With a reduced
+        draft vocabulary the head's own LM head scores its ``n`` tokens and every other token
+        gets ``-inf`` (probability exactly 0: never proposed, lossless under the rejection
+        rule); in ``training`` they get a finite floor ``OUTSIDE_MARGIN`` below the lowest
+        in-vocabulary logit instead, so divergences to the target (which has mass there)
+        stay finite and their gradients only reshape the in-vocabulary distribution.
+        """
+        head = self.head
+        if not head.config.draft_vocab_size:
+            lm_head = self._shared[1]
+            weight = lm_head.weight.detach()
+            bias = None if lm_head.bias is None else lm_head.bias.detach()
+            return F.linear(head.norm(outputs).to(weight.dtype), weight, bias).float()
+        small = head.lm_head(head.norm(outputs)).float()
+        shape = (*small.shape[:-1], head.config.vocab_size)
+        if training:
+            floor = small.detach().amin(-1, keepdim=True) - OUTSIDE_MARGIN
+            return floor.expand(shape).index_copy(-1, head.d2t, small)
+        return small.new_full(shape, float("-inf")).index_copy_(-1, head.d2t, small)
 
     def forward(self, batch: TraceBatch, with_context: bool = False):
         """``(B, k, V)`` draft logits at every proposal position, with gradients.
@@ -230,7 +252,7 @@ class EagleModel(nn.Module):
             )
         mask = batch.context_mask
         # The pair at window position p reads the feature at p - 1; none before the window.
-        projected = self.head.proj(batch.context_features.to(self.dtype))
+        projected = self.head.project(batch.context_features.to(self.dtype))
         previous = F.pad(projected[:, :-1], (0, 0, 1, 0)) * F.pad(mask[:, :-1], (1, 0))[..., None]
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
         cache = KVCache()
@@ -244,9 +266,9 @@ class EagleModel(nn.Module):
             step_pos = positions[:, -1:] + i
             out = self.head(self.embed(step_ids), out[:, None], step_pos, cache, key_mask)[:, 0]
             outputs.append(out)
-        proposal_logits = self.logits(torch.stack(outputs, dim=1))
+        proposal_logits = self.logits(torch.stack(outputs, dim=1), training=True)
         if with_context:
-            return proposal_logits, self.logits(context_out[:, :-1])
+            return proposal_logits, self.logits(context_out[:, :-1], training=True)
         return proposal_logits
 
 
@@ -275,11 +297,15 @@ class EagleDrafter:
         num_heads: int | None = None,
         intermediate_size: int | None = None,
         seed: int = 0,
+        draft_vocab: torch.Tensor | None = None,
     ) -> "EagleDrafter":
         """A fresh head for ``target`` (deterministic under ``seed``).
 
         ``hidden_layers`` defaults to the Target's own (or ``(-1,)`` for a bare model);
         ``num_heads`` and ``intermediate_size`` default to the target's layer shape.
+        ``draft_vocab`` (increasing distinct target token ids, see
+        :func:`~aurora_rl.policies.draft_vocab.choose_draft_vocab`) gives the head a reduced
+        draft vocabulary, its LM head starting as those rows of the target's.
         """
         if isinstance(target, Target):
             layers = tuple(target.hidden_layers if hidden_layers is None else hidden_layers)
@@ -295,11 +321,21 @@ class EagleDrafter:
             num_heads=num_heads or model_config.num_attention_heads,
             intermediate_size=intermediate_size or model_config.intermediate_size,
             rms_norm_eps=getattr(model_config, "rms_norm_eps", 1e-6),
+            draft_vocab_size=0 if draft_vocab is None else len(draft_vocab),
+            # EAGLE-3's fusion: raw residual streams of low/mid/high layers differ in scale by
+            # 10x and dwarf the token embedding (SmolLM2: rms 3, 17, 35 vs 0.13), so each is
+            # normalised before they are fused and paired.
+            fused_norms=draft_vocab is not None,
         )
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             head = EagleHead(config)
             head.reset_parameters()
+        if draft_vocab is not None:
+            d2t = check_draft_vocab(draft_vocab, target.vocab_size)
+            with torch.no_grad():
+                head.d2t.copy_(d2t)
+                head.lm_head.weight.copy_(target.model.get_output_embeddings().weight[d2t])
         return cls(head.to(target.model.dtype), target.model)
 
     @property

@@ -186,6 +186,13 @@ class EagleConfig:
         intermediate_size: width of the block's SwiGLU MLP.
         rope_theta: RoPE base of the block.
         rms_norm_eps: epsilon of the block's RMSNorms.
+        draft_vocab_size: 0 = the head drafts over the whole target vocabulary through the
+            target's frozen LM head; ``n > 0`` = an EAGLE-3-style reduced draft vocabulary of
+            ``n`` target tokens (``d2t``) with its own trainable ``n``-row LM head. Tokens
+            outside it are never proposed (their draft probability is exactly 0).
+        fused_norms: RMS-normalise each read layer's feature before ``proj`` fuses them, and
+            the token embedding before ``fc`` pairs it (EAGLE-3), so no layer's scale drowns
+            the others or the token.
     """
 
     hidden_layers: tuple[int, ...]
@@ -195,6 +202,8 @@ class EagleConfig:
     intermediate_size: int
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
+    draft_vocab_size: int = 0
+    fused_norms: bool = False
 
     def __post_init__(self) -> None:
         # JSON gives lists back; the layers are compared with Target.hidden_layers (a tuple).
@@ -206,6 +215,11 @@ class EagleConfig:
         for name in ("hidden_size", "vocab_size", "num_heads", "intermediate_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.draft_vocab_size <= self.vocab_size:
+            raise ValueError(
+                f"draft_vocab_size must be 0 (the full vocabulary) or in [1, vocab_size={self.vocab_size}], "
+                f"got {self.draft_vocab_size}"
+            )
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
             raise ValueError(
                 f"hidden_size {self.hidden_size} must split into num_heads {self.num_heads} heads "
@@ -238,7 +252,9 @@ class EagleConfig:
 
 
 class EagleHead(nn.Module):
-    """The trainable part: ``proj`` ``D -> d``, ``fc`` ``2d -> d``, one decoder block, ``norm``."""
+    """The trainable part: ``proj`` ``D -> d``, ``fc`` ``2d -> d``, one decoder block, ``norm``;
+    with a reduced draft vocabulary also ``lm_head`` ``d -> n`` and the buffer ``d2t`` ``(n,)``
+    (draft index -> target token id, increasing), saved with the weights."""
 
     def __init__(self, config: EagleConfig) -> None:
         super().__init__()
@@ -250,6 +266,12 @@ class EagleHead(nn.Module):
             d, config.num_heads, config.intermediate_size, config.rope_theta, config.rms_norm_eps
         )
         self.norm = RMSNorm(d, config.rms_norm_eps)
+        if config.fused_norms:
+            self.feature_norms = nn.ModuleList(RMSNorm(d, config.rms_norm_eps) for _ in config.hidden_layers)
+            self.embed_norm = RMSNorm(d, config.rms_norm_eps)
+        if config.draft_vocab_size:
+            self.lm_head = nn.Linear(d, config.draft_vocab_size, bias=False)
+            self.register_buffer("d2t", torch.arange(config.draft_vocab_size, dtype=torch.long))
 
     def forward(
         self,
@@ -264,7 +286,17 @@ class EagleHead(nn.Module):
         ``previous`` is ``proj(f)`` of true features or earlier outputs ``h``; ``positions``
         ``(B, T)``; the pairs are appended to ``cache`` (``key_mask`` as in ``DecoderBlock``).
         """
+        if self.config.fused_norms:
+            embeds = self.embed_norm(embeds)
         return self.block(self.fc(torch.cat([embeds, previous], dim=-1)), positions, cache, key_mask)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """``proj`` of target features ``(..., D)`` -> ``(..., d)`` (each layer normalised first
+        with ``fused_norms``)."""
+        if self.config.fused_norms:
+            parts = features.split(self.config.hidden_size, dim=-1)
+            features = torch.cat([norm(part) for norm, part in zip(self.feature_norms, parts)], dim=-1)
+        return self.proj(features)
 
     def reset_parameters(self) -> None:
         """Start as "the previous feature plus the token": ``proj`` averages the read layers

@@ -139,6 +139,24 @@ class SmallLMDrafter:
             model = AutoModelForCausalLM.from_config(config)
         return cls(model)
 
+    @classmethod
+    def from_target_layers(cls, target_model: PreTrainedModel, num_layers: int) -> "SmallLMDrafter":
+        """A self-draft: a copy of the target's first ``num_layers`` decoder layers with its
+        embeddings, final norm and LM head (early exit). It shares the target's tokenizer by
+        construction, so HF assisted generation can use it as its assistant too, and it is
+        an independent copy a learner may train."""
+        total = target_model.config.num_hidden_layers
+        if not 1 <= num_layers < total:
+            raise ValueError(f"num_layers must be in [1, {total - 1}] for a target of {total} layers, got {num_layers}")
+        config = copy.deepcopy(target_model.config)
+        config.num_hidden_layers = num_layers
+        if getattr(config, "layer_types", None):
+            config.layer_types = config.layer_types[:num_layers]
+        model = AutoModelForCausalLM.from_config(config).to(target_model.dtype)
+        kept = model.state_dict().keys()
+        model.load_state_dict({name: value for name, value in target_model.state_dict().items() if name in kept})
+        return cls(model)
+
     @property
     def vocab_size(self) -> int:
         return self.model.get_output_embeddings().weight.shape[0]

