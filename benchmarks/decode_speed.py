@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence", type=float, default=0.5, help="our adaptive row: stop drafting below this draft probability")
     parser.add_argument("--num-prompts", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--warmup", type=int, default=2, help="prompts every method decodes first, untimed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         methods[f"EAGLE-3 head, k {args.k} (ours)"] = run_ours(eagle_decoder)
     tallies = {name: Tally() for name in methods}
     with torch.inference_mode():
-        for ids in prompts[:2]:  # warm-up
+        for ids in prompts[: args.warmup]:
             for go in methods.values():
                 go(ids)
         for i, ids in enumerate(tqdm(prompts, desc="prompts")):

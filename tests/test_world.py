@@ -193,7 +193,7 @@ def test_model_shape_rejects_indivisible_heads():
 
 
 def test_get_world_rejects_unknown_names():
-    with pytest.raises(ValueError, match=r"unknown world 'huge': choose one of \['default', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"unknown world 'huge': choose one of \['default', 'smollm2', 'tiny'\]"):
         get_world("huge")
     assert isinstance(RECIPES["default"], WorldRecipe)
 
