@@ -33,7 +33,6 @@ class Setting:
     target: Target
     tokenizer: PreTrainedTokenizerBase
     pretrained_cache: object | None = None
-    cost_cache: object | None = None
     policy_cache: object | None = None
 
     @property
@@ -137,8 +136,11 @@ def arm_controller(s: Setting, drafter):
     is profiled on ``drafter``'s shape; a learned policy is trained on the pretrained draft
     (the static one every pretrained arm starts from), once per run, then cached on disk."""
     decode = s.cfg.decode
-    if decode.controller in ("refit", "bandit", "learned") and s.cost_cache is None:
-        s.cost_cache = controller_cost(s.target, drafter, decode.k, s.cfg.world.cache_dir)
+    cost = None
+    if decode.controller in ("refit", "bandit", "learned"):
+        # Per arm: a suffix drafter's proposals cost ~1/40 of a small LM's, so one arm's cost
+        # model must not stand in for another's (controller_cost caches each shape on disk).
+        cost = controller_cost(s.target, drafter, decode.k, s.cfg.world.cache_dir)
     if decode.controller == "learned" and s.policy_cache is None:
         if decode.controller_policy:
             s.policy_cache = load_policy(decode.controller_policy)
@@ -146,8 +148,9 @@ def arm_controller(s: Setting, drafter):
             if s.pretrained_cache is None:
                 s.pretrained_cache = pretrained(s)
             tag = json.dumps({"kind": s.cfg.drafter.kind, **asdict(s.cfg.drafter), "seed": s.cfg.seed}, sort_keys=True)
-            s.policy_cache = learned_policy(s.world, s.target, s.tokenizer, s.pretrained_cache, s.cost_cache, decode.k,
+            trained_on = controller_cost(s.target, s.pretrained_cache, decode.k, s.cfg.world.cache_dir)
+            s.policy_cache = learned_policy(s.world, s.target, s.tokenizer, s.pretrained_cache, trained_on, decode.k,
                                             s.cfg.traffic.max_new_tokens, tag, s.cfg.world.cache_dir, s.cfg.seed, s.cfg.progress,
                                             decode.controller_train_steps)
-    return build_controller(decode.controller, decode.k, s.cost_cache, decode.draft_confidence, s.policy_cache,
+    return build_controller(decode.controller, decode.k, cost, decode.draft_confidence, s.policy_cache,
                             s.target.max_positions)
