@@ -24,7 +24,7 @@ run: setup
 	$(PY) -m aurora_rl.train
 
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --maxprocesses=2 --dist worksteal
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -5,6 +5,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite runs in two pytest-xdist workers on two cores: every process it starts (CLI smoke
+# runs, servers) uses one torch thread too, so they do not fight the other worker for a core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch

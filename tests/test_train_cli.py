@@ -19,7 +19,7 @@ TINY_RUN = [
     "offline.updates=6",
     "drafter.pretrain_steps=20",
     "learner.min_traces=8",
-    "learner.train_every=4",
+    "learner.train_every=16",  # ~12 learner rounds over the ~200 steps: enough to publish, cheap
     "learner.publish_every=2",
     "progress=false",
     # The controller path (bandit by default) has its own tests; pinned here so this smoke
