@@ -48,6 +48,18 @@ def run(engine, requests):
     return gather(submit_all(engine, requests))
 
 
+def drive(engine, requests):
+    """Submit all, then step the engine on this thread until it is idle (no worker, no race:
+    every request is queued before the first step, so batch sizes are deterministic)."""
+    outputs = submit_all(engine, requests)
+    steps = 0
+    while engine.busy:
+        assert engine.step() >= 1
+        steps += 1
+    assert engine.step() == 0 and not engine.busy
+    return gather(outputs)
+
+
 def gather(outputs):
     """Every request's outputs, up to and including its final one."""
     collected = {}
@@ -84,11 +96,7 @@ def test_interleaved_requests_each_equal_decoding_alone(models, max_batch, monke
     order = []
     engine.add_trace_listener(lambda trace: order.append(trace.request_id))
     requests = [GenerationRequest(f"r{i}", p, 24) for i, p in enumerate(prompts(7))]
-    engine.start()
-    try:
-        collected = run(engine, requests)
-    finally:
-        engine.close()
+    collected = drive(engine, requests)
     alone = SpeculativeDecoder(target, draft, DecodeConfig(k=3), [EOS])
     for r in requests:
         reference = target.model.generate(torch.tensor([r.prompt_ids]), max_new_tokens=24, do_sample=False,
@@ -101,7 +109,8 @@ def test_interleaved_requests_each_equal_decoding_alone(models, max_batch, monke
     assert switches > len(requests) * 2  # round-robin: steps of different requests alternate
     total_steps = sum(len(engine.traces_of(r.request_id)) for r in requests)
     if max_batch == 1:
-        assert batch_sizes == [] and engine.verify_forwards == total_steps
+        # one code path for 1..N rows: a lone request's step is a one-row batched step
+        assert batch_sizes == [1] * total_steps and engine.verify_forwards == total_steps
     else:
         assert max(batch_sizes) == 3
         assert engine.verify_forwards < total_steps / 2  # most steps shared a forward pass
@@ -115,16 +124,38 @@ def test_seeded_sampling_equals_decoding_alone_with_the_same_seed(models, monkey
     engine = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=4))
     batch_sizes = spy_on_batched_steps(monkeypatch)
     requests = [GenerationRequest(f"s{i}", p, 20, sampling, seed=100 + i) for i, p in enumerate(prompts(5, seed=1))]
-    engine.start()
-    try:
-        collected = run(engine, requests)
-    finally:
-        engine.close()
+    collected = drive(engine, requests)
     alone = SpeculativeDecoder(target, draft, DecodeConfig(k=3, sampling=sampling), [EOS])
     for r in requests:
         expected = alone.generate(r.prompt_ids, 20, torch.Generator().manual_seed(r.seed)).tokens.tolist()
         assert tokens(collected[r.request_id]) == expected
-    assert max(batch_sizes) == 4
+    assert batch_sizes[0] == 4  # all queued before the first step: it takes max_active rows
+
+
+def test_the_worker_thread_and_a_caller_stepping_the_engine_produce_the_same_outputs(models):
+    """``Engine.step()`` is what the worker loops on: driving it by hand gives the same
+    tokens, step counts and traces; while the worker runs, stepping by hand is refused.
+    One request at a time (max_active=1), so the worker's timing cannot change who is
+    batched with whom."""
+    target, draft = models
+    requests = [GenerationRequest(f"w{i}", p, 16) for i, p in enumerate(prompts(4, seed=2))]
+    by_hand = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=1, keep_request_traces=8))
+    collected_by_hand = drive(by_hand, requests)
+    threaded = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=1, keep_request_traces=8))
+    threaded.start()
+    try:
+        with pytest.raises(RuntimeError, match=r"the engine's worker thread is stepping it \(start\(\) was called\)"):
+            threaded.step()
+        collected_threaded = run(threaded, requests)
+    finally:
+        threaded.close()
+    for r in requests:
+        assert tokens(collected_by_hand[r.request_id]) == tokens(collected_threaded[r.request_id])
+        hand_stats, thread_stats = collected_by_hand[r.request_id][-1].stats, collected_threaded[r.request_id][-1].stats
+        assert hand_stats.verify_steps == thread_stats.verify_steps and hand_stats.accepted_tokens == thread_stats.accepted_tokens
+        assert [t.proposed.tolist() for t in by_hand.traces_of(r.request_id)] == [
+            t.proposed.tolist() for t in threaded.traces_of(r.request_id)
+        ]
 
 
 def test_a_full_queue_refuses_and_closing_cancels_what_waits(models):

@@ -53,6 +53,23 @@ def test_entry_point_runs_every_arm_and_writes_the_run_directory(tmp_path):
     assert "tau = accepted length" in result.stdout
 
 
+def test_arms_batch_requests_through_the_engine_without_changing_their_output(tmp_path):
+    """traffic.concurrency=3 advances three requests per engine step (the server's batched
+    path); greedy output is the target's either way, so every request emits the same
+    number of tokens as at concurrency 1, and the target-only arm never accepts a draft."""
+    runs = {}
+    for concurrency in (1, 3):
+        overrides = [*TINY_RUN, "arms=[target_only,suffix]", f"traffic.concurrency={concurrency}",
+                     f"output_dir={tmp_path}", f"run_name=c{concurrency}"]
+        assert main(overrides) == 0
+        runs[concurrency] = json.loads((tmp_path / f"c{concurrency}" / "summary.json").read_text())["arms"]
+    for arm in ("target_only", "suffix"):
+        one, three = runs[1][arm], runs[3][arm]
+        assert (one["concurrency"], three["concurrency"]) == (1, 3)
+        assert one["per_request_tokens"] == three["per_request_tokens"] and len(one["per_request_tokens"]) == 10
+    assert set(runs[3]["target_only"]["per_request_accepted_length"]) == {1.0}
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

@@ -10,7 +10,7 @@ keeps its own cache, decoding rule and generator, so a request's output does not
 on who it was batched with (up to float reassociation in the batched forwards).
 
 Every step's trace goes to the trace listeners (learner buffer, rollback monitor, metrics)
-and its emitted tokens to the request's sink. The decoders read the live draft once per
+and its emitted tokens to the request's sink. The engine reads the live draft once per
 step, so a version published by the learner takes over between two steps of in-flight
 requests with no pause, and every trace names the version that proposed it.
 """
@@ -32,7 +32,7 @@ from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.sampling import GREEDY, SamplingParams
 from aurora_rl.core.ragged import batchable
-from aurora_rl.core.spec import BatchStepError, DecodeConfig, DecodeState, speculate_batch
+from aurora_rl.core.spec import BatchStepError, DecodeConfig, DecodeState, speculate_batch, start_decode
 from aurora_rl.core.target import Target
 from aurora_rl.core.trace import Trace
 from aurora_rl.serving.config import EngineSection
@@ -60,6 +60,7 @@ class GenerationRequest:
         max_new_tokens: token budget (>= 1; prompt + budget within the target's context).
         sampling: the target's decoding rule for this request (greedy by default).
         seed: seeds this request's random draws (None = derived from the engine seed).
+        domain: a label every trace of the request carries (traffic studies group by it).
     """
 
     request_id: str
@@ -67,6 +68,7 @@ class GenerationRequest:
     max_new_tokens: int
     sampling: SamplingParams = GREEDY
     seed: int | None = None
+    domain: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ class _Sequence:
     admitted: float | None = None
     first_token: float | None = None
     state: DecodeState | None = None
-    decoder: SpeculativeDecoder | None = None
+    config: DecodeConfig | None = None  # the engine's DecodeConfig with this request's sampling rule
     proposed: int = 0
     accepted: int = 0
     versions: list[int] = field(default_factory=list)
@@ -155,7 +157,11 @@ class RequestHandle:
 
 
 class Engine:
-    """Decodes submitted requests on one worker thread.
+    """Decodes submitted requests, one batched speculative step per :meth:`step`.
+
+    Whoever drives it calls ``step()``: the server starts a worker thread that does
+    ``while running: step()`` (:meth:`start`); the train CLI calls it in its own loop
+    (``while engine.busy: engine.step()``), so both measure the same code path.
 
     Args:
         target: the verifier (used only by the worker thread).
@@ -229,7 +235,13 @@ class Engine:
 
     @property
     def running(self) -> bool:
+        """Whether the worker thread started by :meth:`start` is stepping the engine."""
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def busy(self) -> bool:
+        """Requests are queued or in flight: :meth:`step` has work to do."""
+        return bool(self.num_active) or not self._waiting.empty()
 
     @property
     def accepting(self) -> bool:
@@ -281,34 +293,50 @@ class Engine:
             self._thread.join()
         self._cancel_all()  # requests left if the worker never ran
 
-    # --- the worker --------------------------------------------------------------------
+    # --- stepping ---------------------------------------------------------------------
+
+    def step(self, wait_seconds: float = 0.0) -> int:
+        """Admit queued requests into free slots, then advance up to ``max_batch`` in-flight
+        requests (round-robin) by one batched speculative step; returns how many it advanced.
+
+        One code path for 1..N rows (``speculate_batch``). Every trace goes to the trace
+        listeners and every step's tokens to the request's sink before this returns. With
+        nothing in flight it waits up to ``wait_seconds`` for a request to arrive.
+        Synchronous: drive an engine from one thread only -- yours, or the worker's.
+        """
+        if self.running and threading.current_thread() is not self._thread:
+            raise RuntimeError("the engine's worker thread is stepping it (start() was called); do not call step() too")
+        self._admit(wait_seconds)
+        if not self._active:
+            return 0
+        # Listed as stepping before they leave _active, so close() never sees them in neither.
+        self._stepping = list(itertools.islice(self._active, self.config.max_batch))
+        for _ in self._stepping:
+            self._active.popleft()
+        try:
+            self._active.extend(self._advance(self._stepping))
+        except Exception as error:  # an engine bug: fail this step's requests, keep serving
+            logger.exception("a decode round failed")
+            for sequence in self._stepping:
+                self._fail(sequence, error)
+        stepped = len(self._stepping)
+        self._stepping = []
+        return stepped
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._admit()
-            if not self._active:
-                continue
-            # Listed as stepping before they leave _active, so close() never sees them in neither.
-            self._stepping = list(itertools.islice(self._active, self.config.max_batch))
-            for _ in self._stepping:
-                self._active.popleft()
-            try:
-                self._active.extend(self._advance(self._stepping))
-            except Exception as error:  # an engine bug: fail this step's requests, keep serving
-                logger.exception("a decode round failed")
-                for sequence in self._stepping:
-                    self._fail(sequence, error)
-            self._stepping = []
+            self.step(wait_seconds=0.05)
         self._cancel_all()
 
-    def _admit(self) -> None:
-        """Move queued requests into free decode slots; wait briefly when idle."""
+    def _admit(self, wait_seconds: float) -> None:
+        """Move queued requests into free decode slots (waiting up to ``wait_seconds`` for
+        one when nothing is in flight)."""
         while len(self._active) < self.config.max_active:
             try:
-                if self._active:
+                if self._active or wait_seconds <= 0:
                     sequence = self._waiting.get_nowait()
                 else:
-                    sequence = self._waiting.get(timeout=0.05)
+                    sequence = self._waiting.get(timeout=wait_seconds)
             except queue.Empty:
                 return
             self._stepping = [sequence]  # counted as active while its prompt is prefilled
@@ -322,38 +350,49 @@ class Engine:
         if sequence.cancel_requested.is_set():
             self._cancelled(sequence)
             return False
-        sampling_rule = replace(self.decode, sampling=request.sampling)
+        sequence.config = replace(self.decode, sampling=request.sampling)
         try:
-            sequence.decoder = SpeculativeDecoder(self.target, self.policy, sampling_rule, self.eos_token_ids)
-            sequence.state = sequence.decoder.start(request.prompt_ids, request.max_new_tokens, request.request_id)
+            sequence.state = start_decode(
+                self.target, request.prompt_ids, request.max_new_tokens, self.eos_token_ids,
+                max_k=sequence.config.k, request_id=request.request_id, domain=request.domain,
+            )
         except ValueError as error:  # the caller validates first; this is the backstop
             self._finish(sequence, "error", str(error))
             return False
         return True
 
+    def _current_policy(self) -> DraftPolicy | None:
+        if self.policy is None or isinstance(self.policy, DraftPolicy):
+            return self.policy
+        return self.policy()
+
     def _advance(self, batch: list[_Sequence]) -> list[_Sequence]:
-        """One verify step of every sequence in ``batch``, in one batched step when there
-        are several; returns those still in flight."""
+        """One speculative step of every sequence in ``batch`` (one row or many: the same
+        batched step); returns those still in flight."""
         live = []
         for sequence in batch:
             if sequence.cancel_requested.is_set():
                 self._cancelled(sequence)
             else:
                 live.append(sequence)
-        if len(live) <= 1:
-            return [sequence for sequence in live if self._step(sequence)]
+        if not live:
+            return []
         states = [sequence.state for sequence in live]
         steps_before = [state.steps for state in states]
         draws_before = [sequence.generator.get_state() for sequence in live]
         shared_forward = batchable([state.target_cache for state in states])
         try:
-            policy = live[0].decoder.current_policy()  # one version for the whole step
+            policy = self._current_policy()  # one version for the whole step
             results = speculate_batch(
-                policy, self.target, states, [s.decoder.config for s in live], [s.generator for s in live]
+                policy, self.target, states, [s.config for s in live], [s.generator for s in live]
             )
         except BatchStepError as partial:  # the forward ran; some rows failed while settling
             results = partial.results
         except Exception as error:
+            if len(live) == 1:  # nothing to isolate: this request's own step failed
+                logger.exception("decoding request %s failed", live[0].request.request_id)
+                self._fail(live[0], error)
+                return []
             logger.exception("a batched step of %d requests failed; stepping them one by one", len(live))
             return self._isolate(live, steps_before, draws_before, error)
         self.verify_forwards += 1 if shared_forward else len(live)
@@ -373,9 +412,10 @@ class Engine:
         one fails only itself.
 
         Each request is put back exactly where it was -- target cache cut to the kept
-        tokens, a fresh draft session, its generator rewound -- so a seeded request still
-        draws what it would have drawn; one the failed step did advance lost that step's
-        output and fails too.
+        tokens (``DecodeState`` keeps the last kept token pending, outside the cache), a
+        fresh draft session, its generator rewound -- so a seeded request still draws what
+        it would have drawn; one the failed step did advance lost that step's output and
+        fails too.
         """
         still_live = []
         for sequence, before, draws in zip(live, steps_before, draws_before):
@@ -386,23 +426,8 @@ class Engine:
             state.target_cache.cut_every_layer(state.length - 1)
             state.session = None
             sequence.generator.set_state(draws)
-            if self._step(sequence):
-                still_live.append(sequence)
+            still_live.extend(self._advance([sequence]))
         return still_live
-
-    def _step(self, sequence: _Sequence) -> bool:
-        """One verify step of ``sequence`` alone; returns whether it is still in flight."""
-        if sequence.cancel_requested.is_set():
-            self._cancelled(sequence)
-            return False
-        self.verify_forwards += 1
-        try:
-            trace = sequence.decoder.step(sequence.state, sequence.generator)
-        except Exception as error:  # a decoding bug fails this request, not the server
-            logger.exception("decoding request %s failed", sequence.request.request_id)
-            self._fail(sequence, error)
-            return False
-        return self._deliver(sequence, trace)
 
     def _deliver(self, sequence: _Sequence, trace: Trace) -> bool:
         """Hand a step's trace to the listeners and its tokens to the request's sink;

@@ -18,91 +18,20 @@ from __future__ import annotations
 import json
 import random
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from tqdm import tqdm
 
-from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.target import Target, load_model_and_tokenizer
 from aurora_rl.plots import plot_accepted_length
-from aurora_rl.serving.learner import Learner
-from aurora_rl.serving.publish import LivePolicy
-from aurora_rl.train.arms import Setting, arm_controller, initial_drafter
-from aurora_rl.train.config import ARMS, DEFAULT_ARMS, ConfigError, describe, load_config, to_yaml
-from aurora_rl.train.report import ArmRecorder
+from aurora_rl.train.arms import Setting
+from aurora_rl.train.config import DEFAULT_ARMS, ConfigError, describe, load_config, to_yaml
+from aurora_rl.train.loop import run_arm
 from aurora_rl.world import get_world
-from aurora_rl.world.traffic import TrafficStream, load_prompts, make_traffic
-
-
-def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelerator: Accelerator) -> dict:
-    """Serve ``stream`` with one arm's draft; learn online if the arm does."""
-    cfg = s.cfg
-    mode, _ = ARMS[arm]
-    began = time.perf_counter()
-    live = LivePolicy(initial_drafter(s, arm)) if mode != "none" else None
-    controller = arm_controller(s, live.current) if live else None
-    setup_seconds = time.perf_counter() - began
-    buffer = cfg.learner.make_buffer() if mode == "online" else None
-    learner = Learner(live, buffer, cfg.algo, cfg.learner, s.pad_id, cfg.seed, accelerator) if mode == "online" else None
-    explore = cfg.algo.explore_temperature if learner and learner.needs_exploration else None
-    decoder = SpeculativeDecoder(s.target, live, cfg.decode.to_decode_config(explore, controller), s.eos)
-    version = (lambda: live.version) if live else (lambda: 0)
-    recorder = ArmRecorder(run_dir, arm, stream.phases, cfg.decode.k)
-    clock = {"steps": 0, "learner_seconds": 0.0}
-
-    def on_trace(trace):
-        recorder.step(trace)
-        if learner is None:
-            return
-        clock["steps"] += 1
-        learner.observe(trace)
-        if cfg.learner.mode == "sync" and clock["steps"] % cfg.learner.train_every == 0:
-            t0 = time.perf_counter()
-            first = learner.updates
-            recorder.learner(learner.train_round(), first)
-            clock["learner_seconds"] += time.perf_counter() - t0
-
-    if learner and cfg.learner.mode == "async":
-        learner.start()
-    bar = tqdm(stream.requests, desc=arm, disable=not cfg.progress, unit="req")
-    for request in bar:
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + request.index)
-        ids = s.tokenizer(request.prompt)["input_ids"]
-        learner_before = clock["learner_seconds"]
-        gen = decoder.generate(ids, cfg.traffic.max_new_tokens, generator, request.request_id, request.domain,
-                               keep_traces=False, on_trace=on_trace)
-        # In sync mode the learner ran inside this decode; time it as if on its own device.
-        decode_seconds = gen.seconds - (clock["learner_seconds"] - learner_before)
-        recorder.request(request, gen, decode_seconds, version(), buffer.stats() if buffer else None)
-        bar.set_postfix(tau=f"{gen.accepted_length:.2f}", version=version(), refresh=False)
-    if learner and cfg.learner.mode == "async":
-        learner.stop()
-        recorder.learner(list(learner.metrics), 0)
-
-    extra = {
-        "mode": mode,
-        "setup_seconds": setup_seconds,
-        "versions_published": learner.published if learner else 0,
-        "final_version": version(),
-        "updates": learner.updates if learner else 0,
-        "rejected_updates": learner.rejected_updates if learner else 0,
-        "gate_rejections": learner.gate_rejections if learner else 0,
-        "rollbacks": live.rollbacks if live else 0,
-        "learner_seconds": clock["learner_seconds"],
-        "learner_state": learner.state if learner else "none",
-        "learner_error": learner.error if learner else None,
-        "suffix_share": getattr(live.current, "suffix_share", None) if live else None,
-    }
-    result = recorder.summary(extra)
-    hparams = {"arm": arm, "algo": cfg.algo.name, "k": cfg.decode.k, "schedule": cfg.traffic.schedule,
-               "drafter": cfg.drafter.kind, "seed": cfg.seed, "publish_every": cfg.learner.publish_every}
-    recorder.close(hparams, result)
-    return result
+from aurora_rl.world.traffic import load_prompts, make_traffic
 
 
 def print_table(results: dict[str, dict]) -> None:

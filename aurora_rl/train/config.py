@@ -78,6 +78,9 @@ class TrafficSection:
     domains: list[str] | None = _help("domains in phase order (null = the dataset's)", None)
     num_phases: int | None = _help("ordered/drift: domain visits (null = each domain once)", None)
     max_new_tokens: int = _help("token budget per request", 64)
+    concurrency: int = _help(
+        "requests in flight at once, advanced together in one batched engine step (the server's path); "
+        "1 = one request at a time, the latency-bound case speculative decoding is for", 1)
 
 
 @dataclass
@@ -216,6 +219,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.offline.schedule not in SCHEDULES:
         raise ConfigError(f"offline.schedule={cfg.offline.schedule!r} is not one of {', '.join(SCHEDULES)}")
     for key, value in [("traffic.num_requests", cfg.traffic.num_requests), ("traffic.max_new_tokens", cfg.traffic.max_new_tokens),
+                       ("traffic.concurrency", cfg.traffic.concurrency),
                        ("offline.num_requests", cfg.offline.num_requests), ("offline.updates", cfg.offline.updates),
                        ("drafter.pretrain_steps", cfg.drafter.pretrain_steps)]:
         if value < 1:

@@ -13,8 +13,8 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 
 from aurora_rl.core.buffer import BufferStats
-from aurora_rl.core.generate import Generation
 from aurora_rl.core.trace import Trace
+from aurora_rl.serving.engine import RequestStats
 from aurora_rl.world.traffic import Phase, Request
 
 
@@ -35,24 +35,24 @@ class ArmRecorder:
             self.position_judged[i] += judged
             self.position_accepted[i] += bool(trace.accept_mask[i])
 
-    def request(self, request: Request, gen: Generation, decode_seconds: float, version: int, buffer: BufferStats | None) -> None:
+    def request(self, request: Request, stats: RequestStats, decode_seconds: float, version: int, buffer: BufferStats | None) -> None:
         row = {
             "index": request.index,
             "domain": request.domain,
             "phase": request.phase,
-            "tokens": len(gen.tokens),
-            "steps": gen.num_steps,
-            "accepted": gen.accepted,
-            "accepted_length": gen.accepted_length,
+            "tokens": stats.completion_tokens,
+            "steps": stats.verify_steps,
+            "accepted": stats.accepted_tokens,
+            "accepted_length": stats.accepted_length,
             "decode_seconds": decode_seconds,
             "version": version,
         }
         self.requests.append(row)
         i = request.index
         w = self.writer
-        w.add_scalar("spec/accepted_length", gen.accepted_length, i)
-        w.add_scalar(f"spec/accepted_length_by_domain/{request.domain}", gen.accepted_length, i)
-        w.add_scalar("charts/tokens_per_s", len(gen.tokens) / max(decode_seconds, 1e-9), i)
+        w.add_scalar("spec/accepted_length", stats.accepted_length, i)
+        w.add_scalar(f"spec/accepted_length_by_domain/{request.domain}", stats.accepted_length, i)
+        w.add_scalar("charts/tokens_per_s", stats.completion_tokens / max(decode_seconds, 1e-9), i)
         w.add_scalar("charts/draft_version", version, i)
         if buffer is not None:
             w.add_scalar("charts/buffer_size", buffer.size, i)
@@ -79,6 +79,7 @@ class ArmRecorder:
                 "requests": len(rows),
             }
 
+        self.requests.sort(key=lambda row: row["index"])  # with concurrency > 1 they finish out of order
         phases = []
         for number, phase in enumerate(self.phases):
             rows = [r for r in self.requests if phase.start <= r["index"] < phase.end]
@@ -90,6 +91,7 @@ class ArmRecorder:
             "accept_rate_at_position": [a / j if j else None for a, j in zip(self.position_accepted, judged)],
             **extra,
             "per_request_accepted_length": [r["accepted_length"] for r in self.requests],
+            "per_request_tokens": [r["tokens"] for r in self.requests],
         }
 
     def close(self, hparams: dict, result: dict) -> None:
