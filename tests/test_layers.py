@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "aurora_rl"
 LAYER = {
     "world": 0,
     "plots": 0,
+    "settings": 0,
     "core": 1,
     "policies": 2,
     "algos": 3,

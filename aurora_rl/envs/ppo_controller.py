@@ -47,12 +47,13 @@ def _sb3():
         import stable_baselines3
         from stable_baselines3.common.callbacks import BaseCallback
         from stable_baselines3.common.vec_env import DummyVecEnv
+        from stable_baselines3.common.logger import Logger
     except ImportError as error:
         raise ImportError(
             "training the learned draft-length controller needs stable-baselines3: "
             "pip install 'aurora_rl[rl]' (or pip install stable-baselines3)"
         ) from error
-    return stable_baselines3.PPO, BaseCallback, DummyVecEnv
+    return stable_baselines3.PPO, BaseCallback, DummyVecEnv, Logger
 
 
 def train_policy(
@@ -60,7 +61,7 @@ def train_policy(
 ) -> TinyPolicy:
     """PPO on ``settings.n_envs`` copies of ``make_env()`` (a vectorised env; give the copies
     one shared target and drafter), exported to a :class:`TinyPolicy`."""
-    PPO, BaseCallback, DummyVecEnv = _sb3()
+    PPO, BaseCallback, DummyVecEnv, Logger = _sb3()
 
     class Progress(BaseCallback):
         def _on_training_start(self) -> None:
@@ -82,6 +83,9 @@ def train_policy(
             ent_coef=settings.ent_coef, seed=settings.seed, device="cpu", verbose=0,
             policy_kwargs={"net_arch": {"pi": list(settings.hidden), "vf": [64, 64]}, "activation_fn": torch.nn.Tanh},
         )
+        # An explicit logger with no outputs: SB3's default one creates a /tmp/SB3-<date> folder
+        # per run even when it writes nothing.
+        model.set_logger(Logger(folder=None, output_formats=[]))
         model.learn(settings.total_steps, callback=Progress())
     env = vec.envs[0].unwrapped
     return export_policy(model.policy, env.max_draft, {"ppo": asdict(settings), **(meta or {})})

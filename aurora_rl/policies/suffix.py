@@ -26,7 +26,7 @@ import itertools
 import json
 import math
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -38,22 +38,20 @@ from aurora_rl.policies.checkpoint import read_manifest, write_manifest
 from aurora_rl.policies.suffix_index import SuffixIndex
 from aurora_rl.policies.suffix_paths import Path as SuffixPath
 from aurora_rl.policies.suffix_paths import greedy_path, proposal_probs, sampled_path, truncate_unconfident
+from aurora_rl.settings import documented
 
 INDEX_FILE = "suffix_index.json"
 
 
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
-
 
 @dataclass
 class SuffixConfig:
-    max_depth: int = _help("longest substring the tries hold: match length + speculation length (must exceed decode.k)", 32)
-    max_cached_tokens: int = _help("most output tokens the global trie holds; the oldest requests are evicted first (FIFO)", 200_000)
-    max_spec_factor: float = _help("propose at most max_spec_factor * match_len + max_spec_offset tokens (and at most decode.k)", 1.0)
-    max_spec_offset: float = _help("see max_spec_factor", 0.0)
-    min_token_prob: float = _help("stop speculating where the path's empirical probability would fall below this", 0.1)
-    use_request: bool = _help("also match in the request's own prompt + output (the per-request trie)", True)
+    max_depth: int = documented("longest substring the tries hold: match length + speculation length (must exceed decode.k)", 32)
+    max_cached_tokens: int = documented("most output tokens the global trie holds; the oldest requests are evicted first (FIFO)", 200_000)
+    max_spec_factor: float = documented("propose at most max_spec_factor * match_len + max_spec_offset tokens (and at most decode.k)", 1.0)
+    max_spec_offset: float = documented("see max_spec_factor", 0.0)
+    min_token_prob: float = documented("stop speculating where the path's empirical probability would fall below this", 0.1)
+    use_request: bool = documented("also match in the request's own prompt + output (the per-request trie)", True)
 
     def __post_init__(self) -> None:
         if self.max_depth < 2:

@@ -9,9 +9,7 @@ mistake is a :class:`ConfigError` naming the key and the fix, raised before any 
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,60 +24,42 @@ from aurora_rl.train.config import (
     DRAFTER_KINDS, LEARNED_KINDS, MODEL_FREE_KINDS, ConfigError, DecodeSection, DrafterSection, TrainConfig, WorldSection,
     check_suffix_depth,
 )  # fmt: skip
+from aurora_rl.settings import describe as describe_fields, documented, looks_like_path
 
 DRAFTS = ("pretrained", "scratch")
 Config = TypeVar("Config")
 
 
-def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
-
-
-def _looks_like_path(value: str) -> bool:
-    """A local path rather than a hub id ("owner/name")."""
-    return value.startswith((".", "/", "~")) or os.sep in value and value.count("/") != 1
 
 
 @dataclass
 class ServeConfig:
-    seed: int = _help("seeds the draft's initialisation, the learner and unseeded requests", 0)
-    progress: bool = _help("show progress bars while building the world / pretraining the draft", True)
-    draft: str = _help(
+    seed: int = documented("seeds the draft's initialisation, the learner and unseeded requests", 0)
+    progress: bool = documented("show progress bars while building the world / pretraining the draft", True)
+    draft: str = documented(
         "how the live draft starts: pretrained (the train CLI's static draft, or drafter.path) or scratch "
         "(random init: everything it knows comes from the traffic)",
         "pretrained",
     )
-    learn: bool = _help("train the draft online from the traffic and publish gated versions (false = serve it as is, "
+    learn: bool = documented("train the draft online from the traffic and publish gated versions (false = serve it as is, "
                         "or follow another process's versions with snapshots.follow)", True)  # fmt: skip
-    with_suffix: bool = _help("hybrid: per step, propose with the suffix drafter (drafter.suffix.*) when its expected accepted "
+    with_suffix: bool = documented("hybrid: per step, propose with the suffix drafter (drafter.suffix.*) when its expected accepted "
                               "tokens reach drafter.hybrid_min_suffix_score, else with the learned draft (which keeps learning)", False)  # fmt: skip
-    torch_threads: int | None = _help("torch intra-op threads, shared by decoding and learning (null = torch's default)", None)
-    world: WorldSection = _help("target, tokenizer and the draft's pretraining data", factory=WorldSection)
-    decode: DecodeSection = _help("speculative decoding; decode.temperature/top_k/top_p are the defaults of requests that send none", factory=DecodeSection)  # fmt: skip
-    drafter: DrafterSection = _help("the draft policy", factory=DrafterSection)
-    algo: AlgoConfig = _help("the learning rule", factory=AlgoConfig)
-    learner: LearnerConfig = _help("online learning schedule, gate and rollback (mode must be async)",
+    torch_threads: int | None = documented("torch intra-op threads, shared by decoding and learning (null = torch's default)", None)
+    world: WorldSection = documented("target, tokenizer and the draft's pretraining data", factory=WorldSection)
+    decode: DecodeSection = documented("speculative decoding; decode.temperature/top_k/top_p are the defaults of requests that send none", factory=DecodeSection)  # fmt: skip
+    drafter: DrafterSection = documented("the draft policy", factory=DrafterSection)
+    algo: AlgoConfig = documented("the learning rule", factory=AlgoConfig)
+    learner: LearnerConfig = documented("online learning schedule, gate and rollback (mode must be async)",
                                    factory=lambda: LearnerConfig(mode="async"))  # fmt: skip
-    server: ServerSection = _help("the HTTP front: address, key, limits", factory=ServerSection)
-    engine: EngineSection = _help("request queue and decode concurrency", factory=EngineSection)
-    snapshots: SnapshotSection = _help("versioned draft snapshots and the learner's saved state", factory=SnapshotSection)
+    server: ServerSection = documented("the HTTP front: address, key, limits", factory=ServerSection)
+    engine: EngineSection = documented("request queue and decode concurrency", factory=EngineSection)
+    snapshots: SnapshotSection = documented("versioned draft snapshots and the learner's saved state", factory=SnapshotSection)
 
 
-def describe(instance=None, prefix: str = "") -> list[str]:
-    """``key (default): help`` for every field of ``instance`` (default: ``ServeConfig()``),
-    for ``--help``; walks the instance, so section defaults set by a factory show as such."""
-    instance = ServeConfig() if instance is None else instance
-    lines = []
-    for f in dataclasses.fields(instance):
-        value = getattr(instance, f.name)
-        if dataclasses.is_dataclass(value):
-            lines.append(f"{prefix}{f.name}: {f.metadata.get('help', '')}")
-            lines += describe(value, prefix + f.name + ".")
-        else:
-            lines.append(f"  {prefix}{f.name} ({value!r}): {f.metadata.get('help', '')}")
-    return lines
+def describe(instance=None) -> list[str]:
+    """``key (default): help`` for every key of ``instance`` (default: ``ServeConfig()``), for ``--help``."""
+    return describe_fields(ServeConfig() if instance is None else instance)
 
 
 def validate(cfg: ServeConfig) -> None:
@@ -110,7 +90,7 @@ def validate(cfg: ServeConfig) -> None:
     for key in ("world.target", "drafter.path"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if value and _looks_like_path(value) and not Path(value).expanduser().exists():
+        if value and looks_like_path(value) and not Path(value).expanduser().exists():
             raise ConfigError(f"{key}={value!r} does not exist: give an existing local path (or a hub id, online)")
     if cfg.world.target and cfg.draft == "pretrained" and cfg.drafter.kind == "small_lm" and not cfg.drafter.path:
         raise ConfigError(

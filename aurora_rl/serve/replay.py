@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -29,30 +29,28 @@ import httpx
 from aurora_rl.serve.config import ConfigError, describe, parse_overrides
 from aurora_rl.serve.replay_report import Record, format_summary, summarize
 from aurora_rl.world.traffic import SCHEDULES, Request, load_prompts, make_traffic
+from aurora_rl.settings import documented
 
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass
 class ReplayConfig:
-    url: str = _help("base URL of the OpenAI-compatible API (ends in /v1)", "http://127.0.0.1:8000/v1")
-    api_key: str | None = _help("bearer key (null = $AURORA_RL_API_KEY, else $OPENAI_API_KEY, else none)", None)
-    model: str | None = _help("model id to request (null = the first one GET /models lists)", None)
-    endpoint: str = _help("completions (the prompt as is) or chat (the prompt as one user message)", "completions")
-    source: str = _help("prompts: a world name (its held-out split) or a .jsonl / .parquet file with a 'prompt' column", "default")
-    schedule: str = _help("how the domain mixture moves over the stream: mixed | ordered | drift", "mixed")
-    domains: list[str] | None = _help("domains to draw from, in phase order (null = all of the source's)", None)
-    num_requests: int = _help("requests sent in all", 100)
-    clients: int = _help("concurrent clients", 8)
-    max_tokens: int = _help("max_tokens of every request", 64)
-    temperature: float = _help("temperature of every request (0 = greedy)", 0.0)
-    stream: bool = _help("stream responses (needed for time to first token and inter-chunk gaps)", True)
-    timeout_seconds: float = _help("a request taking longer than this counts as an error", 120.0)
-    windows: int = _help("the run is reported in this many consecutive windows (accepted length over time)", 5)
-    seed: int = _help("seeds the traffic stream and each request's sampling seed", 0)
-    output: str | None = _help("write the full report (summary + per-request records) to this JSON file", None)
+    url: str = documented("base URL of the OpenAI-compatible API (ends in /v1)", "http://127.0.0.1:8000/v1")
+    api_key: str | None = documented("bearer key (null = $AURORA_RL_API_KEY, else $OPENAI_API_KEY, else none)", None)
+    model: str | None = documented("model id to request (null = the first one GET /models lists)", None)
+    endpoint: str = documented("completions (the prompt as is) or chat (the prompt as one user message)", "completions")
+    source: str = documented("prompts: a world name (its held-out split) or a .jsonl / .parquet file with a 'prompt' column", "default")
+    schedule: str = documented("how the domain mixture moves over the stream: mixed | ordered | drift", "mixed")
+    domains: list[str] | None = documented("domains to draw from, in phase order (null = all of the source's)", None)
+    num_requests: int = documented("requests sent in all", 100)
+    clients: int = documented("concurrent clients", 8)
+    max_tokens: int = documented("max_tokens of every request", 64)
+    temperature: float = documented("temperature of every request (0 = greedy)", 0.0)
+    stream: bool = documented("stream responses (needed for time to first token and inter-chunk gaps)", True)
+    timeout_seconds: float = documented("a request taking longer than this counts as an error", 120.0)
+    windows: int = documented("the run is reported in this many consecutive windows (accepted length over time)", 5)
+    seed: int = documented("seeds the traffic stream and each request's sampling seed", 0)
+    output: str | None = documented("write the full report (summary + per-request records) to this JSON file", None)
 
     def __post_init__(self) -> None:
         if self.endpoint not in ("completions", "chat"):

@@ -9,27 +9,25 @@ below the entry points (it imports nothing above ``serving/``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from aurora_rl.settings import documented
 
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass
 class ServerSection:
-    host: str = _help("interface to bind; 127.0.0.1 keeps the server local (set 0.0.0.0 deliberately)", "127.0.0.1")
-    port: int = _help("TCP port (0 = any free port)", 8000)
-    model_name: str | None = _help("the model id clients must send (null = aurora-<world name>, or the target's path)", None)
-    api_key: str | None = _help("require 'Authorization: Bearer <key>' on /v1/* (null = $AURORA_RL_API_KEY if set, else open)", None)
-    max_body_bytes: int = _help("largest request body accepted (413 above)", 1 << 20)
-    max_prompt_tokens: int | None = _help("longest prompt accepted, in tokens (null = the target's context minus 1)", None)
-    max_tokens: int = _help("largest max_tokens a request may ask for", 1024)
-    default_max_tokens: int = _help("max_tokens of a request that does not say", 128)
-    read_timeout: float = _help("seconds a request's whole body may take to arrive after its headers (408 after)", 30.0)
-    max_header_bytes: int = _help("largest request line + headers accepted (the connection is refused above)", 16_384)
-    drain_seconds: float = _help("on shutdown, how long in-flight requests may take to finish before they are cancelled", 10.0)
-    log_level: str = _help("uvicorn log level: critical | error | warning | info | debug", "info")
+    host: str = documented("interface to bind; 127.0.0.1 keeps the server local (set 0.0.0.0 deliberately)", "127.0.0.1")
+    port: int = documented("TCP port (0 = any free port)", 8000)
+    model_name: str | None = documented("the model id clients must send (null = aurora-<world name>, or the target's path)", None)
+    api_key: str | None = documented("require 'Authorization: Bearer <key>' on /v1/* (null = $AURORA_RL_API_KEY if set, else open)", None)
+    max_body_bytes: int = documented("largest request body accepted (413 above)", 1 << 20)
+    max_prompt_tokens: int | None = documented("longest prompt accepted, in tokens (null = the target's context minus 1)", None)
+    max_tokens: int = documented("largest max_tokens a request may ask for", 1024)
+    default_max_tokens: int = documented("max_tokens of a request that does not say", 128)
+    read_timeout: float = documented("seconds a request's whole body may take to arrive after its headers (408 after)", 30.0)
+    max_header_bytes: int = documented("largest request line + headers accepted (the connection is refused above)", 16_384)
+    drain_seconds: float = documented("on shutdown, how long in-flight requests may take to finish before they are cancelled", 10.0)
+    log_level: str = documented("uvicorn log level: critical | error | warning | info | debug", "info")
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -55,10 +53,10 @@ class ServerSection:
 
 @dataclass
 class EngineSection:
-    max_active: int = _help("requests decoded concurrently (advanced round-robin, one verify step at a time)", 16)
-    max_batch: int = _help("requests advanced together in one batched verify step (1 = one request per forward pass)", 8)
-    max_queue: int = _help("requests waiting for a decode slot; a full queue answers 429", 64)
-    keep_request_traces: int = _help("keep the traces of the last N requests for inspection (tests, debugging; 0 = none)", 0)
+    max_active: int = documented("requests decoded concurrently (advanced round-robin, one verify step at a time)", 16)
+    max_batch: int = documented("requests advanced together in one batched verify step (1 = one request per forward pass)", 8)
+    max_queue: int = documented("requests waiting for a decode slot; a full queue answers 429", 64)
+    keep_request_traces: int = documented("keep the traces of the last N requests for inspection (tests, debugging; 0 = none)", 0)
 
     def __post_init__(self) -> None:
         for name in ("max_active", "max_queue", "max_batch"):
@@ -70,22 +68,22 @@ class EngineSection:
 
 @dataclass
 class SnapshotSection:
-    directory: str | None = _help(
+    directory: str | None = documented(
         "where every published draft version is written (v000042/ + LATEST.json, atomically) and where "
         "the learner's state is saved on shutdown (null = no snapshots)",
         "runs/serve/snapshots",
     )
-    keep: int = _help("most versions kept on disk (the oldest are pruned)", 5)
-    follow: str | None = _help(
+    keep: int = documented("most versions kept on disk (the oldest are pruned)", 5)
+    follow: str | None = documented(
         "follow mode: serve the versions another process's learner writes to this snapshot directory (polls its "
         "LATEST.json, hot-swaps each newer version in); needs learn=false, and this server writes no snapshots "
         "of its own (null = off)",
         None,
     )
-    follow_interval: float = _help("follow mode: seconds between two looks at the followed LATEST.json", 1.0)
-    follow_max_change: float = _help("follow mode: refuse a version whose weights differ from the live one's by more "
+    follow_interval: float = documented("follow mode: seconds between two looks at the followed LATEST.json", 1.0)
+    follow_max_change: float = documented("follow mode: refuse a version whose weights differ from the live one's by more "
                                      "than this fraction of their norm (garbage, not a learner's next step)", 1.0)  # fmt: skip
-    follow_max_jump: int = _help("follow mode: refuse a version numbered more than this many above the live one "
+    follow_max_jump: int = documented("follow mode: refuse a version numbered more than this many above the live one "
                                  "(a crafted number would hide every real version after it)", 1000)  # fmt: skip
 
     def __post_init__(self) -> None:

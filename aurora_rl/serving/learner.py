@@ -25,7 +25,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -37,34 +37,32 @@ from aurora_rl.core.trace import Trace, with_target_token
 from aurora_rl.serving.gate import GateDecision, gate
 from aurora_rl.serving.monitor import SwapMonitor
 from aurora_rl.serving.publish import LivePolicy
+from aurora_rl.settings import documented
 
 logger = logging.getLogger(__name__)
 
 
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
-
 
 @dataclass
 class LearnerConfig:
-    mode: str = _help("'sync' (deterministic lockstep with decoding) or 'async' (background thread)", "sync")
-    train_every: int = _help("sync: verify steps between two learner rounds", 32)
-    updates_per_round: int = _help("sync: optimizer steps per round", 4)
-    publish_every: int = _help("optimizer steps between published draft versions (the weight-sync interval)", 16)
-    min_traces: int = _help("no training until the buffer holds this many traces", 64)
-    buffer_capacity: int = _help("most traces the buffer holds (oldest evicted)", 4096)
-    max_staleness: int | None = _help("drop/down-weight traces more than this many versions old (null = keep)", None)
-    staleness_policy: str = _help("'drop' or 'downweight' stale traces", "drop")
-    gate: bool = _help("replay held-out traces and publish only candidates that do not regress", True)
-    gate_margin: float = _help("publish if candidate score >= live score - margin", 0.0)
-    gate_traces: int = _help("most recent held-out traces replayed by the gate", 128)
-    heldout_fraction: float = _help("share of requests kept out of training for the gate", 0.1)
-    rollback_window: int = _help("live traces of a new version on which it is judged against the one it replaced (0 = never roll back)", 64)
-    rollback_drop: float = _help("roll back if, on those same traces, the new version scores this fraction below the old one", 0.1)
-    max_passes: float = _help("train only on new evidence: at most this many expected passes over each training trace "
+    mode: str = documented("'sync' (deterministic lockstep with decoding) or 'async' (background thread)", "sync")
+    train_every: int = documented("sync: verify steps between two learner rounds", 32)
+    updates_per_round: int = documented("sync: optimizer steps per round", 4)
+    publish_every: int = documented("optimizer steps between published draft versions (the weight-sync interval)", 16)
+    min_traces: int = documented("no training until the buffer holds this many traces", 64)
+    buffer_capacity: int = documented("most traces the buffer holds (oldest evicted)", 4096)
+    max_staleness: int | None = documented("drop/down-weight traces more than this many versions old (null = keep)", None)
+    staleness_policy: str = documented("'drop' or 'downweight' stale traces", "drop")
+    gate: bool = documented("replay held-out traces and publish only candidates that do not regress", True)
+    gate_margin: float = documented("publish if candidate score >= live score - margin", 0.0)
+    gate_traces: int = documented("most recent held-out traces replayed by the gate", 128)
+    heldout_fraction: float = documented("share of requests kept out of training for the gate", 0.1)
+    rollback_window: int = documented("live traces of a new version on which it is judged against the one it replaced (0 = never roll back)", 64)
+    rollback_drop: float = documented("roll back if, on those same traces, the new version scores this fraction below the old one", 0.1)
+    max_passes: float = documented("train only on new evidence: at most this many expected passes over each training trace "
                               "(updates <= traces seen * max_passes / batch size); without new traffic the learner idles", 4.0)  # fmt: skip
-    async_idle_seconds: float = _help("async: sleep when there is nothing to train on", 0.05)
-    async_busy_fraction: float = _help("async: most of the wall-clock time the learner may spend training; after each step it rests so that it stays under this share (1 = never rests), leaving CPU to decoding on shared cores", 1.0)
+    async_idle_seconds: float = documented("async: sleep when there is nothing to train on", 0.05)
+    async_busy_fraction: float = documented("async: most of the wall-clock time the learner may spend training; after each step it rests so that it stays under this share (1 = never rests), leaving CPU to decoding on shared cores", 1.0)
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "async"):

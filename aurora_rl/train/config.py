@@ -7,9 +7,7 @@ path -- is a :class:`ConfigError` naming the key and the fix, raised before any 
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -24,6 +22,7 @@ from aurora_rl.serving.learner import LearnerConfig
 from aurora_rl.train.controllers import CONTROLLERS
 from aurora_rl.world.precision import PRECISIONS
 from aurora_rl.world.traffic import SCHEDULES
+from aurora_rl.settings import describe as describe_fields, documented, looks_like_path
 
 ARMS = {
     # name: (how the draft is used, how it starts)
@@ -52,18 +51,13 @@ class ConfigError(ValueError):
     """A configuration mistake, said with the key and the fix."""
 
 
-def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
-
 
 @dataclass
 class WorldSection:
-    name: str = _help("the miniature world: 'tiny' (tests) or 'default'", "default")
-    cache_dir: str | None = _help("where worlds and pretrained drafters are cached (null = $AURORA_RL_CACHE or ~/.cache/aurora_rl)", None)
-    target: str | None = _help("a HF hub id or local model directory to verify with instead of the world's target (its tokenizer is loaded from there)", None)
-    precision: str | None = _help("training precision of the world's target and pretrained drafters: auto (bf16 only where the CPU/GPU runs it natively) | fp32 | bf16 (null = $AURORA_RL_PRECISION, else auto)", None)
+    name: str = documented("the miniature world: 'tiny' (tests) or 'default'", "default")
+    cache_dir: str | None = documented("where worlds and pretrained drafters are cached (null = $AURORA_RL_CACHE or ~/.cache/aurora_rl)", None)
+    target: str | None = documented("a HF hub id or local model directory to verify with instead of the world's target (its tokenizer is loaded from there)", None)
+    precision: str | None = documented("training precision of the world's target and pretrained drafters: auto (bf16 only where the CPU/GPU runs it natively) | fp32 | bf16 (null = $AURORA_RL_PRECISION, else auto)", None)
 
     def __post_init__(self) -> None:
         if self.precision is not None and self.precision not in PRECISIONS:
@@ -72,38 +66,38 @@ class WorldSection:
 
 @dataclass
 class TrafficSection:
-    source: str | None = _help("prompts: null = the world's held-out split, or a .jsonl / .parquet file / HF dataset id with a 'prompt' column", None)
-    schedule: str = _help("how the domain mixture moves: mixed | ordered (abrupt shifts) | drift (gradual)", "ordered")
-    num_requests: int = _help("requests served per arm", 200)
-    domains: list[str] | None = _help("domains in phase order (null = the dataset's)", None)
-    num_phases: int | None = _help("ordered/drift: domain visits (null = each domain once)", None)
-    max_new_tokens: int = _help("token budget per request", 64)
-    concurrency: int = _help(
+    source: str | None = documented("prompts: null = the world's held-out split, or a .jsonl / .parquet file / HF dataset id with a 'prompt' column", None)
+    schedule: str = documented("how the domain mixture moves: mixed | ordered (abrupt shifts) | drift (gradual)", "ordered")
+    num_requests: int = documented("requests served per arm", 200)
+    domains: list[str] | None = documented("domains in phase order (null = the dataset's)", None)
+    num_phases: int | None = documented("ordered/drift: domain visits (null = each domain once)", None)
+    max_new_tokens: int = documented("token budget per request", 64)
+    concurrency: int = documented(
         "requests in flight at once, advanced together in one batched engine step (the server's path); "
         "1 = one request at a time, the latency-bound case speculative decoding is for", 1)
 
 
 @dataclass
 class DecodeSection:
-    k: int = _help("proposals per verify step (lookahead)", 4)
-    temperature: float = _help("target decoding temperature (0 = greedy)", 0.0)
-    top_k: int = _help("target top-k (0 = off)", 0)
-    top_p: float = _help("target top-p (1 = off)", 1.0)
-    trace_topk: int | None = _help("keep only the target's top-K probabilities in traces (null = full vocabulary, top 64 above 8192 tokens)", None)
-    draft_confidence: float | None = _help(
+    k: int = documented("proposals per verify step (lookahead)", 4)
+    temperature: float = documented("target decoding temperature (0 = greedy)", 0.0)
+    top_k: int = documented("target top-k (0 = off)", 0)
+    top_p: float = documented("target top-p (1 = off)", 1.0)
+    trace_topk: int | None = documented("keep only the target's top-K probabilities in traces (null = full vocabulary, top 64 above 8192 tokens)", None)
+    draft_confidence: float | None = documented(
         "stop drafting after a proposal the draft gives less than this probability (null = always k); "
         "lossless, faster in wall-clock, but traces then have fewer positions to learn from. With "
         "controller=confidence or refit it is the (starting) threshold", None)
-    controller: str = _help(
+    controller: str = documented(
         "who decides each step's draft length (at most k), online per request; all lossless: fixed (always k) | "
         "heuristic (transformers' +2/-1 schedule) | confidence (stop below draft_confidence, default 0.5) | refit "
         "(that threshold re-fitted online from accept/reject outcomes, weighted by the measured cost model) | bandit "
         "(discounted UCB over k = 0..k on measured goodput) | learned (a tiny policy trained with PPO on "
         "DraftLength-v0; trained once and cached unless controller_policy is given)", "fixed")
-    controller_policy: str | None = _help(
+    controller_policy: str | None = documented(
         "controller=learned: a saved policy directory (controller.json + policy.safetensors); null = train one "
         "with PPO on DraftLength-v0 for this world, drafter and machine (cached)", None)
-    controller_train_steps: int = _help(
+    controller_train_steps: int = documented(
         "controller=learned without controller_policy: PPO env steps (draft decisions) of its training", 6144)
 
     def __post_init__(self) -> None:
@@ -141,16 +135,16 @@ class DecodeSection:
 
 @dataclass
 class DrafterSection:
-    kind: str = _help("small_lm (independent small causal LM) or eagle (head on the target's hidden states)", "small_lm")
-    path: str | None = _help("start every 'pretrained' arm from this saved drafter directory (or, for small_lm, any HF causal LM dir) instead of pretraining one", None)
-    pretrain_domains: list[str] | None = _help(
+    kind: str = documented("small_lm (independent small causal LM) or eagle (head on the target's hidden states)", "small_lm")
+    path: str | None = documented("start every 'pretrained' arm from this saved drafter directory (or, for small_lm, any HF causal LM dir) instead of pretraining one", None)
+    pretrain_domains: list[str] | None = documented(
         "domains the static draft is pretrained on (null = all): what was at hand offline; "
         "traffic from the other domains is a shift it never saw", factory=lambda: ["code", "prose"])
-    pretrain_steps: int = _help("optimizer steps of offline pretraining", 300)
-    eagle_layers: list[int] = _help("eagle: target hidden states it reads (HF hidden_states indices; -1 = last)", factory=lambda: [-1])
-    suffix: SuffixConfig = _help("the suffix drafter (arms suffix and *+suffix; serve drafter.kind=suffix or drafter.with_suffix)", factory=SuffixConfig)
-    prompt_lookup: PromptLookupConfig = _help("the prompt lookup drafter (arm prompt_lookup; serve drafter.kind=prompt_lookup)", factory=PromptLookupConfig)
-    hybrid_min_suffix_score: float = _help(
+    pretrain_steps: int = documented("optimizer steps of offline pretraining", 300)
+    eagle_layers: list[int] = documented("eagle: target hidden states it reads (HF hidden_states indices; -1 = last)", factory=lambda: [-1])
+    suffix: SuffixConfig = documented("the suffix drafter (arms suffix and *+suffix; serve drafter.kind=suffix or drafter.with_suffix)", factory=SuffixConfig)
+    prompt_lookup: PromptLookupConfig = documented("the prompt lookup drafter (arm prompt_lookup; serve drafter.kind=prompt_lookup)", factory=PromptLookupConfig)
+    hybrid_min_suffix_score: float = documented(
         "hybrids (*+suffix): use the suffix proposal when its expected accepted tokens (empirical frequencies) "
         "reach this, else the learned draft's", 1.0)
 
@@ -161,18 +155,18 @@ class DrafterSection:
 
 @dataclass
 class OfflineSection:
-    num_requests: int = _help("offline arm: requests of the world's *train* split decoded to collect traces", 60)
-    domains: list[str] | None = _help("offline arm: domains of that collection (null = drafter.pretrain_domains: the traffic seen before deployment)", None)
-    schedule: str = _help("offline arm: traffic schedule of that collection", "mixed")
-    updates: int = _help("offline arm: optimizer steps on the collected traces", 400)
+    num_requests: int = documented("offline arm: requests of the world's *train* split decoded to collect traces", 60)
+    domains: list[str] | None = documented("offline arm: domains of that collection (null = drafter.pretrain_domains: the traffic seen before deployment)", None)
+    schedule: str = documented("offline arm: traffic schedule of that collection", "mixed")
+    updates: int = documented("offline arm: optimizer steps on the collected traces", 400)
 
 
 @dataclass
 class TrainConfig:
-    run_name: str = _help("run directory name under output_dir (empty = <arms>-<schedule>-seed<seed>)", "")
-    output_dir: str = _help("where runs/<run_name>/ is written", "runs")
-    seed: int = _help("seeds everything; the same seed gives the same run on CPU", 0)
-    arms: list[str] = _help(
+    run_name: str = documented("run directory name under output_dir (empty = <arms>-<schedule>-seed<seed>)", "")
+    output_dir: str = documented("where runs/<run_name>/ is written", "runs")
+    seed: int = documented("seeds everything; the same seed gives the same run on CPU", 0)
+    arms: list[str] = documented(
         "what runs side by side on the same traffic: target_only (no draft: the speed reference), "
         "static (pretrained, never updated), offline (pretrained + finetuned on offline traces, then "
         "static), online_scratch, online_pretrained; training-free: suffix, prompt_lookup; hybrids "
@@ -180,33 +174,21 @@ class TrainConfig:
         "online_pretrained+suffix",
         factory=lambda: list(DEFAULT_ARMS),
     )
-    progress: bool = _help("show progress bars", True)
-    world: WorldSection = _help("target, tokenizer and prompts", factory=WorldSection)
-    traffic: TrafficSection = _help("the request stream every arm serves", factory=TrafficSection)
-    decode: DecodeSection = _help("speculative decoding (the main job's default controller is the study's best: "
+    progress: bool = documented("show progress bars", True)
+    world: WorldSection = documented("target, tokenizer and prompts", factory=WorldSection)
+    traffic: TrafficSection = documented("the request stream every arm serves", factory=TrafficSection)
+    decode: DecodeSection = documented("speculative decoding (the main job's default controller is the study's best: "
                                   "experiments/results/controllers/)", factory=lambda: DecodeSection(controller=BEST_CONTROLLER))
-    drafter: DrafterSection = _help("the draft policy", factory=DrafterSection)
-    algo: AlgoConfig = _help("the learning rule", factory=AlgoConfig)
-    learner: LearnerConfig = _help("online learning schedule, gate and rollback", factory=LearnerConfig)
-    offline: OfflineSection = _help("the offline arm's trace collection and training", factory=OfflineSection)
+    drafter: DrafterSection = documented("the draft policy", factory=DrafterSection)
+    algo: AlgoConfig = documented("the learning rule", factory=AlgoConfig)
+    learner: LearnerConfig = documented("online learning schedule, gate and rollback", factory=LearnerConfig)
+    offline: OfflineSection = documented("the offline arm's trace collection and training", factory=OfflineSection)
 
 
-def describe(cls=TrainConfig, prefix: str = "") -> list[str]:
-    """``key (default): help`` for every configurable field, for ``--help``."""
-    lines = []
-    instance = cls()
-    for f in dataclasses.fields(cls):
-        value = getattr(instance, f.name)
-        if dataclasses.is_dataclass(value):
-            lines.append(f"{prefix}{f.name}: {f.metadata.get('help', '')}")
-            lines += describe(type(value), prefix + f.name + ".")
-        else:
-            lines.append(f"  {prefix}{f.name} ({value!r}): {f.metadata.get('help', '')}")
-    return lines
+def describe() -> list[str]:
+    """``key (default): help`` for every configurable key, for ``--help``."""
+    return describe_fields(TrainConfig())
 
-
-def _looks_like_path(value: str) -> bool:
-    return value.startswith((".", "/", "~")) or os.sep in value and value.count("/") != 1
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -235,7 +217,7 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("world.target", "drafter.path", "traffic.source"):
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        if value and _looks_like_path(value) and not Path(value).expanduser().exists():
+        if value and looks_like_path(value) and not Path(value).expanduser().exists():
             raise ConfigError(f"{key}={value!r} does not exist: give an existing local path (or a hub id, online)")
     if cfg.world.target and not cfg.drafter.path and any(ARMS[a][1] == "pretrained" for a in cfg.arms) and cfg.drafter.kind == "small_lm":  # noqa: E501
         raise ConfigError(

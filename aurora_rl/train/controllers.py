@@ -20,7 +20,7 @@ from aurora_rl.core.cost import CostModel
 from aurora_rl.core.cost_profile import cached_cost_model
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.target import Target
-from aurora_rl.policies.controllers import BanditK, ConfidenceThreshold, FixedK, HeuristicSchedule, RefitThreshold
+from aurora_rl.policies.controllers import BanditK, ConfidenceThreshold, HeuristicSchedule, RefitThreshold
 from aurora_rl.policies.learned_controller import LearnedController, TinyPolicy
 from aurora_rl.world import World
 from aurora_rl.world.cache import cache_root
