@@ -1,8 +1,9 @@
 """The one machinery behind every configuration dataclass (train, serve, replay, sections).
 
 A field is declared with :func:`documented` (its help text travels in the field's metadata),
-``--help`` lists every key with :func:`describe`, and values that name files go through
-:func:`looks_like_path` before the filesystem is asked. Range checks live in each dataclass's
+``--help`` lists every key with :func:`describe`, :func:`parse_overrides` is the one loader
+(dataclass defaults < ``--config`` YAML files < ``key=value`` overrides), and values that name
+files go through :func:`check_paths`. Range checks live in each dataclass's
 ``__post_init__``, once, so every CLI that embeds the section reports them in the same words.
 """
 
@@ -10,7 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+Config = TypeVar("Config")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, said with the key and the fix."""
 
 
 def documented(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
@@ -37,3 +50,56 @@ def describe(instance, prefix: str = "") -> list[str]:
 def looks_like_path(value: str) -> bool:
     """A local path (``./x``, ``/x``, ``~/x``, ``a/b/c``) rather than a hub id (``org/name``)."""
     return value.startswith((".", "/", "~")) or os.sep in value and value.count("/") != 1
+
+
+def check_paths(cfg, keys) -> None:
+    """Each ``section.name`` key whose value looks like a local path must exist."""
+    for key in keys:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value and looks_like_path(value) and not Path(value).expanduser().exists():
+            raise ConfigError(f"{key}={value!r} does not exist: give an existing local path (or a hub id, online)")
+
+
+def parse_overrides(cls: type[Config], argv: list[str], command: str) -> Config:
+    """``[--config FILE.yaml] [key=value ...]`` -> a ``cls`` instance (range-checked by its
+    ``__post_init__``s); any problem is a :class:`ConfigError` naming the key."""
+    argv = list(argv)
+    files = []
+    while "--config" in argv:
+        at = argv.index("--config")
+        if at + 1 >= len(argv):
+            raise ConfigError("--config needs a YAML file path")
+        files.append(argv[at + 1])
+        del argv[at : at + 2]
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise ConfigError(f"cannot parse {bad}: overrides look like section.key=value; see {command} --help")
+    try:
+        merged = OmegaConf.structured(cls)
+        for path in files:
+            if not Path(path).is_file():
+                raise ConfigError(f"--config {path!r} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(argv))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or ""
+        raise ConfigError(f"bad config key {key!r}: {str(error).splitlines()[0]} (see {command} --help)") from None
+    except ValueError as error:  # a dataclass __post_init__ range check
+        raise ConfigError(str(error)) from None
+
+
+def config_from_cli(
+    argv: list[str], usage: str, keys: Callable[[], list[str]], load: Callable[[list[str]], Config]
+) -> Config | int:
+    """A CLI's start: ``-h``/``--help`` prints ``usage`` and every key (returns exit status 0);
+    a bad configuration prints ``error: ...`` to stderr (returns 2); else the loaded config."""
+    if {"-h", "--help"} & set(argv):
+        print(usage + "\nConfiguration keys (key (default): help):\n" + "\n".join(keys()))
+        return 0
+    try:
+        return load(argv)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -176,3 +176,53 @@ def test_ansi_render_marks_accepted_rejected_and_target_tokens():
     text = env.render()
     assert "\033[32m" in text and "\033[1;33m" in text
     assert re.search(r"\[step 0: accepted \d/4, \d+/64 tokens\]", text)
+
+
+def test_env_trace_equals_engine_trace_and_vector_copies_share_one_target():
+    """Same prompt, same drafter, greedy: the env's ``last_trace`` and the serving engine's
+    traces are the same steps (proposals, verdicts, emitted tokens, target probabilities).
+    Env copies built from one ``load_env_sources`` share its target model."""
+    from aurora_rl.core.spec import DecodeConfig
+    from aurora_rl.envs.sources import load_env_sources
+    from aurora_rl.envs.spec_decode import SpecDecodeEnv
+    from aurora_rl.serving.config import EngineSection
+    from aurora_rl.serving.engine import Engine, GenerationRequest
+
+    sources = load_env_sources("tiny", None, None, None)
+    envs = [SpecDecodeEnv(k=3, max_new_tokens=32, sources=sources) for _ in range(2)]
+    assert envs[0].target.model is envs[1].target.model is sources.model
+    env = envs[0]
+    noisy = SmallLMDrafter.from_config(sources.model.config, seed=0)
+    noisy.model.load_state_dict(sources.model.state_dict())
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # the target with noise: agrees part of the time, so verdicts vary
+        for param in noisy.model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.3 * param.std().clamp_min(1e-3))
+
+    obs, info = env.reset(seed=5)
+    prompt = tuple(int(t) for t in obs["tokens"][: obs["length"]])
+    agent = DraftAgent(noisy, env)
+    agent.begin(obs, info)
+    env_traces = []
+    while True:
+        obs, _, terminated, truncated, info = env.step(agent.act(obs))
+        env_traces.append(env.last_trace)
+        if terminated or truncated:
+            break
+        agent.observe(info)
+
+    engine = Engine(env.target, noisy, DecodeConfig(k=3), env.eos_token_ids, EngineSection(max_active=1))
+    engine_traces = []
+    engine.add_trace_listener(engine_traces.append)
+    engine.submit(GenerationRequest("r", prompt, 32), lambda output: None)
+    while engine.busy:
+        engine.step()
+
+    assert len(env_traces) == len(engine_traces) > 3
+    assert {t.num_accepted for t in env_traces} != {3}  # some rejections: the comparison has teeth
+    for ours, theirs in zip(env_traces, engine_traces):
+        assert ours.context_ids.tolist() == theirs.context_ids.tolist()
+        assert ours.proposed.tolist() == theirs.proposed.tolist()
+        assert ours.accept_mask.tolist() == theirs.accept_mask.tolist()
+        assert ours.emitted.tolist() == theirs.emitted.tolist()
+        torch.testing.assert_close(ours.target_probs, theirs.target_probs)

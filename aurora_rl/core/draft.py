@@ -88,6 +88,28 @@ class DraftSession(Protocol):
         ...
 
 
+class ProposesAsOneRow:
+    """Mixin for a session whose drafter proposes in batches: its ``propose`` is one row of
+    ``propose_rows`` (the batched function), so single and batched drafting share one code
+    path and the :class:`BatchProposer` equivalence holds by construction."""
+
+    def propose_rows(
+        self,
+        sessions: Sequence[DraftSession],
+        ks: Sequence[int],
+        samplings: Sequence[SamplingParams],
+        generators: Sequence[torch.Generator | None],
+        min_confidences: Sequence[StopRule],
+    ) -> list[Proposal]:
+        raise NotImplementedError
+
+    def propose(
+        self, k: int, sampling: SamplingParams, generator: torch.Generator | None, min_confidence: StopRule = None
+    ) -> Proposal:
+        (proposal,) = self.propose_rows([self], [k], [sampling], [generator], [min_confidence])
+        return proposal
+
+
 @runtime_checkable
 class DraftPolicy(Protocol):
     """A drafter: proposes tokens for speculative decoding.
@@ -144,6 +166,28 @@ def stop_drafting(rule: StopRule, position: int, raw_logits: torch.Tensor | None
     if callable(rule):
         return bool(rule(position, raw_logits, token))
     return raw_logits is not None and unconfident(raw_logits, token, rule)
+
+
+def frequency_logits(ids: Sequence[int], counts: Sequence[int], vocab_size: int) -> torch.Tensor:
+    """``(V,)`` logits of a model-free drafter's empirical distribution (``counts`` of the
+    tokens ``ids``): what a controller's stop rule reads where an LM would give its logits."""
+    row = torch.full((vocab_size,), -1e4)
+    counts_t = torch.tensor(counts, dtype=torch.float32)
+    row[torch.tensor(ids, dtype=torch.long)] = (counts_t / counts_t.sum()).log()
+    return row
+
+
+def stop_drafting_on_counts(
+    rule: StopRule, position: int, ids: Sequence[int], counts: Sequence[int], token: int, vocab_size: int
+) -> bool:
+    """:func:`stop_drafting` for a model-free drafter that picked ``token`` among ``ids``
+    seen ``counts`` times: a float rule compares the token's frequency, a controller's
+    callable gets :func:`frequency_logits`."""
+    if rule is None:
+        return False
+    if callable(rule):
+        return bool(rule(position, frequency_logits(ids, counts, vocab_size), token))
+    return counts[list(ids).index(token)] / sum(counts) < rule
 
 
 def draw(dist: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None) -> int:

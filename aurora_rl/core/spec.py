@@ -182,6 +182,10 @@ class DecodeConfig:
         controller: a draft-length controller (``core/control.py``) that decides each
             request's proposals per step, at most ``k`` (None = always ``k``, or the
             ``draft_confidence`` stop). Lossless: it only moves verification.
+        record_target_probs: keep the target's distributions in traces (learners, gates and
+            rollback monitors read them). False when nothing learns from the traces (a
+            static or target-only arm): ``Trace.target_probs`` is None and each step skips a
+            softmax and a copy of ``(k + 1, V)`` floats.
     """
 
     k: int = 4
@@ -190,6 +194,7 @@ class DecodeConfig:
     trace_topk: int | None = None
     draft_confidence: float | None = None
     controller: DraftController | None = None
+    record_target_probs: bool = True
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -309,7 +314,8 @@ def _settle(
         context_ids=state.tokens[:context_len],
         proposed=proposal.tokens.clone(),
         draft_logprobs=proposal.logprobs if len(proposal) else torch.zeros(0),
-        target_probs=store_probs(scored.logits.softmax(-1), config.trace_topk_for(scored.logits.shape[-1])),
+        target_probs=(store_probs(scored.logits.softmax(-1), config.trace_topk_for(scored.logits.shape[-1]))
+                      if config.record_target_probs else None),
         accept_mask=accept_mask,
         emitted=emitted,
         context_features=None if state.features is None else state.features[:context_len],

@@ -90,7 +90,7 @@ class Trace:
     context_ids: torch.Tensor
     proposed: torch.Tensor
     draft_logprobs: torch.Tensor
-    target_probs: Probs
+    target_probs: Probs | None  # None when the decode config records none (nothing learns)
     accept_mask: torch.Tensor
     emitted: torch.Tensor
     context_features: torch.Tensor | None = None

@@ -17,7 +17,7 @@ from aurora_rl.core.spec import DecodeConfig, DecodeState, start_decode, verify_
 from aurora_rl.core.target import Target
 from aurora_rl.core.trace import Trace, TopKProbs
 from aurora_rl.envs.render import render_step
-from aurora_rl.envs.sources import episode_prompt, load_env_sources
+from aurora_rl.envs.sources import EnvSources, episode_prompt, load_env_sources
 
 
 class SpecDecodeEnv(gym.Env):
@@ -59,7 +59,9 @@ class SpecDecodeEnv(gym.Env):
     verified position and the bonus position (``target_probs`` ``(k + 1, V)``, or
     ``target_topk_probs`` / ``target_topk_ids`` ``(k + 1, K)`` when ``target_probs_topk`` is
     set; rows past ``num_verified + 1`` are zero), ``target_hidden`` (the target's features
-    at the kept positions, when ``hidden_layers`` is set) and the step's ``trace``.
+    at the kept positions, when ``hidden_layers`` is set). The step's full
+    :class:`~aurora_rl.core.trace.Trace` is ``env.unwrapped.last_trace`` (not in ``info``: it
+    carries a wall-clock stamp, and ``info`` must be a pure function of seed and actions).
 
     ## Starting State
 
@@ -77,6 +79,9 @@ class SpecDecodeEnv(gym.Env):
 
     - ``world``: the miniature world supplying target, tokenizer and prompts (default
       ``"tiny"``, built on first use; ``"default"`` for the larger one).
+    - ``sources``: a prebuilt :class:`~aurora_rl.envs.sources.EnvSources` (target model,
+      tokenizer, prompts) instead of loading one: the copies of a vector env share one
+      target (``load_env_sources(...)`` once, then ``sources=`` to each copy).
     - ``model``: a HF hub id or local directory of a causal LM to use as the target
       instead of the world's (its tokenizer is loaded from the same place).
     - ``prompts``: a prompt source instead of the world's held-out split (a world name,
@@ -113,6 +118,7 @@ class SpecDecodeEnv(gym.Env):
         max_context: int | None = None,
         render_mode: str | None = None,
         cache_dir: str | Path | None = None,
+        sources: EnvSources | None = None,
     ) -> None:
         sampling = SamplingParams(temperature, top_k, top_p)
         self.config = DecodeConfig(k=k, sampling=sampling, trace_topk=target_probs_topk)
@@ -130,7 +136,7 @@ class SpecDecodeEnv(gym.Env):
                 "sampling (temperature > 0) needs the draft's distributions: keep action_logits=True"
             )
 
-        sources = load_env_sources(world, model, prompts, cache_dir)
+        sources = sources or load_env_sources(world, model, prompts, cache_dir)
         self.tokenizer = sources.tokenizer
         self.target = Target(sources.model, hidden_layers)
         self.prompts = sources.prompts

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import Proposal, propose_autoregressively_batched
+from aurora_rl.core.draft import Proposal, ProposesAsOneRow, propose_autoregressively_batched
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import Target
 from aurora_rl.policies.draft_vocab import check_draft_vocab
@@ -54,7 +54,7 @@ def check_target_layers(head_layers: Sequence[int], target: Target) -> None:
         )
 
 
-class EagleSession:
+class EagleSession(ProposesAsOneRow):
     """Draft state of one sequence: committed tokens, the head's cache, unfed true features.
 
     Cache entry ``t`` is the pair at position ``t``. The first ``fed`` entries are built
@@ -95,15 +95,8 @@ class EagleSession:
         assert self._last is not None, "a session always has a fed token to draft from"
         return self._last, len(self.tokens)
 
-    def propose(
-        self,
-        k: int,
-        sampling: SamplingParams,
-        generator: torch.Generator | None,
-        min_confidence: float | None = None,
-    ) -> Proposal:
-        (proposal,) = propose_for_sessions(self.model, [self], [k], [sampling], [generator], [min_confidence])
-        return proposal
+    def propose_rows(self, sessions, ks, samplings, generators, min_confidences) -> list[Proposal]:
+        return propose_for_sessions(self.model, sessions, ks, samplings, generators, min_confidences)
 
     def expect_verdict_on(self, proposal: Proposal) -> None:
         """Remember the proposal the next ``commit`` judges."""

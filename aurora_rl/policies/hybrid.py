@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from aurora_rl.core.draft import BatchProposer, DraftSession, Proposal
+from aurora_rl.core.draft import BatchProposer, DraftSession, Proposal, ProposesAsOneRow, StopRule
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.trace import Trace, TopKProbs
 from aurora_rl.policies.checkpoint import read_manifest, write_manifest
@@ -43,7 +43,7 @@ def _step_key(context: Sequence[int] | torch.Tensor, proposed: Sequence[int] | t
     return len(context), tuple(context[-8:]), tuple(proposed)
 
 
-class HybridSession:
+class HybridSession(ProposesAsOneRow):
     def __init__(self, drafter: "HybridDrafter", learned: DraftSession, suffix: DraftSession) -> None:
         self.drafter = drafter
         self.learned = learned
@@ -52,15 +52,8 @@ class HybridSession:
     def use_suffix(self, k: int) -> bool:
         return self.suffix.score(k) >= self.drafter.min_suffix_score
 
-    def propose(
-        self,
-        k: int,
-        sampling: SamplingParams,
-        generator: torch.Generator | None,
-        min_confidence: float | None = None,
-    ) -> Proposal:
-        (proposal,) = self.drafter.propose_batch([self], [k], [sampling], [generator], [min_confidence])
-        return proposal
+    def propose_rows(self, sessions, ks, samplings, generators, min_confidences) -> list[Proposal]:
+        return self.drafter.propose_batch(sessions, ks, samplings, generators, min_confidences)
 
     def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
         self.learned.commit(num_accepted, next_token, target_hidden)
@@ -123,7 +116,7 @@ class HybridDrafter:
         ks: Sequence[int],
         samplings: Sequence[SamplingParams],
         generators: Sequence[torch.Generator | None],
-        min_confidences: Sequence[float | None],
+        min_confidences: Sequence[StopRule],
     ) -> list[Proposal]:
         """Suffix rows propose alone; the learned rows together in the learned drafter's
         batched forwards (each row as it would alone, so the equivalence contract holds)."""

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from aurora_rl.core.draft import Proposal
+from aurora_rl.core.draft import Proposal, StopRule, stop_drafting_on_counts
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.policies.checkpoint import read_manifest, write_manifest
 
@@ -58,7 +58,7 @@ class PromptLookupSession:
         k: int,
         sampling: SamplingParams,
         generator: torch.Generator | None,
-        min_confidence: float | None = None,
+        min_confidence: StopRule = None,
     ) -> Proposal:
         tokens = self.tokens
         found: list[int] = []
@@ -66,6 +66,12 @@ class PromptLookupSession:
             start = self.after.get(tuple(tokens[len(tokens) - n :]))
             if start is not None:
                 found = tokens[start : start + k]
+                break
+        # One continuation, so q = 1 at every position: a float rule never stops it; a
+        # controller's rule still decides (the bandit's k comes in as `k`).
+        for position, token in enumerate(found[:-1]):
+            if stop_drafting_on_counts(min_confidence, position, [token], [1], token, self.vocab_size):
+                found = found[: position + 1]
                 break
         self._proposed = found
         probs = torch.zeros(len(found), self.vocab_size)
@@ -98,7 +104,7 @@ class PromptLookupDrafter:
         ks: Sequence[int],
         samplings: Sequence[SamplingParams],
         generators: Sequence[torch.Generator | None],
-        min_confidences: Sequence[float | None],
+        min_confidences: Sequence[StopRule],
     ) -> list[Proposal]:
         return [s.propose(*args) for s, *args in zip(sessions, ks, samplings, generators, min_confidences)]
 

@@ -10,14 +10,14 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import Proposal, propose_autoregressively_batched
+from aurora_rl.core.draft import Proposal, ProposesAsOneRow, propose_autoregressively_batched
 from aurora_rl.core.ragged import run_cached_ragged
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import RollbackCache
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
 
 
-class SmallLMSession:
+class SmallLMSession(ProposesAsOneRow):
     """Draft state of one sequence: the committed tokens and the drafter's KV cache.
 
     The cache may lag behind the committed tokens (the target's own tokens are never fed
@@ -30,15 +30,8 @@ class SmallLMSession:
         self.tokens: list[int] = [int(t) for t in context_ids]
         self._proposed: list[int] = []
 
-    def propose(
-        self,
-        k: int,
-        sampling: SamplingParams,
-        generator: torch.Generator | None,
-        min_confidence: float | None = None,
-    ) -> Proposal:
-        (proposal,) = propose_for_sessions(self.model, [self], [k], [sampling], [generator], [min_confidence])
-        return proposal
+    def propose_rows(self, sessions, ks, samplings, generators, min_confidences) -> list[Proposal]:
+        return propose_for_sessions(self.model, sessions, ks, samplings, generators, min_confidences)
 
     def ready_to_draft(self) -> list[int]:
         """Drop a previous draft's entries (proposing twice without a verdict redrafts) and

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import torch
 
-from aurora_rl.core.draft import Proposal
+from aurora_rl.core.draft import Proposal, StopRule
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.policies.checkpoint import read_manifest, write_manifest
 from aurora_rl.policies.suffix_index import SuffixIndex
@@ -104,17 +104,17 @@ class SuffixSession:
         k: int,
         sampling: SamplingParams,
         generator: torch.Generator | None,
-        min_confidence: float | None = None,
+        min_confidence: StopRule = None,
     ) -> Proposal:
-        min_prob = self.drafter.config.min_token_prob
+        min_prob, vocab = self.drafter.config.min_token_prob, self.drafter.vocab_size
         with self.drafter.lock:  # the global trie grows on the decode thread, snapshots read it elsewhere
             index, node, limit, _ = self.best_path(k)
             if index is None:
                 path = SuffixPath([], [], 0.0)
             elif sampling.greedy:
-                path = truncate_unconfident(greedy_path(node, limit, min_prob), min_confidence)
+                path = truncate_unconfident(greedy_path(node, limit, min_prob), min_confidence, vocab)
             else:
-                path = sampled_path(node, limit, min_prob, min_confidence, generator)
+                path = sampled_path(node, limit, min_prob, min_confidence, generator, vocab)
         self._proposed = path.tokens
         tokens = torch.tensor(path.tokens, dtype=torch.long)
         return Proposal(tokens, proposal_probs(path, self.drafter.vocab_size, one_hot=sampling.greedy))
@@ -158,7 +158,7 @@ class SuffixDrafter:
         ks: Sequence[int],
         samplings: Sequence[SamplingParams],
         generators: Sequence[torch.Generator | None],
-        min_confidences: Sequence[float | None],
+        min_confidences: Sequence[StopRule],
     ) -> list[Proposal]:
         """No forward pass to batch: each row proposes alone, in row order."""
         return [s.propose(*args) for s, *args in zip(sessions, ks, samplings, generators, min_confidences)]

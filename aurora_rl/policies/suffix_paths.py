@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aurora_rl.core.draft import StopRule, stop_drafting_on_counts
 from aurora_rl.policies.suffix_index import Node
 
 
@@ -51,10 +52,11 @@ def greedy_path(node: Node, limit: int, min_token_prob: float) -> Path:
 
 
 def sampled_path(
-    node: Node, limit: int, min_token_prob: float, min_confidence: float | None, generator: torch.Generator | None
+    node: Node, limit: int, min_token_prob: float, stop_rule: StopRule, generator: torch.Generator | None,
+    vocab_size: int,
 ) -> Path:
     """Draw each token from ``q`` at its node; stop before a step that cannot stay above
-    ``min_token_prob`` or after a token with ``q < min_confidence``."""
+    ``min_token_prob`` or after a token the stop rule stops at (a float: ``q`` below it)."""
     tokens, choices, p, score = [], [], 1.0, 0.0
     while len(tokens) < limit and node.children:
         ids, counts = _distribution(node)
@@ -68,17 +70,18 @@ def sampled_path(
         tokens.append(ids[pick])
         choices.append((ids, counts))
         node = node.children[ids[pick]]
-        if min_confidence is not None and q < min_confidence:
+        if len(tokens) < limit and stop_drafting_on_counts(stop_rule, len(tokens) - 1, ids, counts, ids[pick], vocab_size):
             break
     return Path(tokens, choices, score)
 
 
-def truncate_unconfident(path: Path, min_confidence: float | None) -> Path:
-    """Cut a greedy path after its first token with ``q < min_confidence`` (kept)."""
-    if min_confidence is None:
+def truncate_unconfident(path: Path, stop_rule: StopRule, vocab_size: int) -> Path:
+    """Cut a greedy path after the first token the stop rule stops at (that token kept).
+    The rule sees every token but the path's last, in order, as a drafting loop would show it."""
+    if stop_rule is None:
         return path
-    for i, (ids, counts) in enumerate(path.choices):
-        if counts[ids.index(path.tokens[i])] / sum(counts) < min_confidence:
+    for i, (ids, counts) in enumerate(path.choices[:-1]):
+        if stop_drafting_on_counts(stop_rule, i, ids, counts, path.tokens[i], vocab_size):
             return Path(path.tokens[: i + 1], path.choices[: i + 1], path.score)
     return path
 

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from aurora_rl.core.target import Target, load_model_and_tokenizer
-from aurora_rl.serve.config import ConfigError, as_train_config, describe, load_config, to_yaml
+from aurora_rl.serve.config import as_train_config, describe, load_config, to_yaml
+from aurora_rl.settings import config_from_cli
 from aurora_rl.serving import http
 from aurora_rl.serving.server import build_server
 from aurora_rl.train.arms import Setting, arm_controller, model_free_drafter, pretrained, scratch_drafter, with_suffix
@@ -48,14 +49,9 @@ API_KEY_ENV = "AURORA_RL_API_KEY"
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(argv):
-        print(__doc__ + "\nConfiguration keys (key (default): help):\n" + "\n".join(describe()))
-        return 0
-    try:
-        cfg = load_config(argv)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cfg = config_from_cli(argv, __doc__, describe, load_config)
+    if isinstance(cfg, int):  # --help, or a bad configuration (already said)
+        return cfg
     logging.basicConfig(level=cfg.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     # Seeding: one block; the draft's init, the learner and unseeded requests derive from cfg.seed.

@@ -10,24 +10,21 @@ mistake is a :class:`ConfigError` naming the key and the fix, raised before any 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TypeVar
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
 from aurora_rl.serving.follow import follow_and_learn_error
 from aurora_rl.serving.learner import LearnerConfig
 from aurora_rl.train.config import (
-    DRAFTER_KINDS, LEARNED_KINDS, MODEL_FREE_KINDS, ConfigError, DecodeSection, DrafterSection, TrainConfig, WorldSection,
+    DRAFTER_KINDS, LEARNED_KINDS, MODEL_FREE_KINDS, DecodeSection, DrafterSection, TrainConfig, WorldSection,
     check_suffix_depth,
 )  # fmt: skip
-from aurora_rl.settings import describe as describe_fields, documented, looks_like_path
+from aurora_rl.settings import ConfigError, check_paths, documented, parse_overrides
+from aurora_rl.settings import describe as describe_fields
 
 DRAFTS = ("pretrained", "scratch")
-Config = TypeVar("Config")
 
 
 
@@ -87,45 +84,13 @@ def validate(cfg: ServeConfig) -> None:
         raise ConfigError(f"torch_threads={cfg.torch_threads} must be >= 1 or null")
     if cfg.decode.k >= cfg.server.max_tokens:
         raise ConfigError(f"decode.k={cfg.decode.k} must be < server.max_tokens={cfg.server.max_tokens}")
-    for key in ("world.target", "drafter.path"):
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value and looks_like_path(value) and not Path(value).expanduser().exists():
-            raise ConfigError(f"{key}={value!r} does not exist: give an existing local path (or a hub id, online)")
+    check_paths(cfg, ("world.target", "drafter.path"))
     if cfg.world.target and cfg.draft == "pretrained" and cfg.drafter.kind == "small_lm" and not cfg.drafter.path:
         raise ConfigError(
             "world.target is an external model, so the world's drafter pretraining does not fit its vocabulary: "
             "set drafter.path to a small causal LM sharing its tokenizer, or use draft=scratch"
         )
 
-
-def parse_overrides(cls: type[Config], argv: list[str], command: str) -> Config:
-    """``[--config FILE.yaml] [key=value ...]`` -> a ``cls`` instance (range-checked by its
-    ``__post_init__``s); any problem is a :class:`ConfigError`."""
-    argv = list(argv)
-    files = []
-    while "--config" in argv:
-        at = argv.index("--config")
-        if at + 1 >= len(argv):
-            raise ConfigError("--config needs a YAML file path")
-        files.append(argv[at + 1])
-        del argv[at : at + 2]
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise ConfigError(f"cannot parse {bad}: overrides look like key=value (e.g. server.port=8001); see {command} --help")
-    try:
-        merged = OmegaConf.structured(cls)
-        for path in files:
-            if not Path(path).is_file():
-                raise ConfigError(f"--config {path!r} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(argv))
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or ""
-        raise ConfigError(f"bad config key {key!r}: {str(error).splitlines()[0]} (see {command} --help)") from None
-    except ValueError as error:  # a dataclass __post_init__ range check
-        raise ConfigError(str(error)) from None
 
 
 def load_config(argv: list[str]) -> ServeConfig:

@@ -28,7 +28,8 @@ from accelerate import Accelerator
 from aurora_rl.core.target import Target, load_model_and_tokenizer
 from aurora_rl.plots import plot_accepted_length
 from aurora_rl.train.arms import Setting
-from aurora_rl.train.config import DEFAULT_ARMS, ConfigError, describe, load_config, to_yaml
+from aurora_rl.settings import config_from_cli
+from aurora_rl.train.config import DEFAULT_ARMS, describe, load_config, to_yaml
 from aurora_rl.train.loop import run_arm
 from aurora_rl.world import get_world
 from aurora_rl.world.traffic import load_prompts, make_traffic
@@ -51,14 +52,9 @@ def print_table(results: dict[str, dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(argv):
-        print(__doc__ + "\nConfiguration keys (key (default): help):\n" + "\n".join(describe()))
-        return 0
-    try:
-        cfg = load_config(argv)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cfg = config_from_cli(argv, __doc__, describe, load_config)
+    if isinstance(cfg, int):  # --help, or a bad configuration (already said)
+        return cfg
 
     # Seeding: one block; every later random draw derives from cfg.seed.
     random.seed(cfg.seed)

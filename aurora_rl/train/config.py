@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.core.sampling import SamplingParams
@@ -22,7 +21,8 @@ from aurora_rl.serving.learner import LearnerConfig
 from aurora_rl.train.controllers import CONTROLLERS
 from aurora_rl.world.precision import PRECISIONS
 from aurora_rl.world.traffic import SCHEDULES
-from aurora_rl.settings import describe as describe_fields, documented, looks_like_path
+from aurora_rl.settings import ConfigError, check_paths, documented, parse_overrides
+from aurora_rl.settings import describe as describe_fields
 
 ARMS = {
     # name: (how the draft is used, how it starts)
@@ -45,10 +45,6 @@ LEARNED_KINDS = ("small_lm", "eagle")
 MODEL_FREE_KINDS = ("suffix", "prompt_lookup")
 DRAFTER_KINDS = LEARNED_KINDS + MODEL_FREE_KINDS
 BEST_CONTROLLER = "bandit"  # the main job's default: see docs/controllers.md
-
-
-class ConfigError(ValueError):
-    """A configuration mistake, said with the key and the fix."""
 
 
 
@@ -214,11 +210,7 @@ def validate(cfg: TrainConfig) -> None:
         hint = " (model-free drafters are arms: arms=[suffix,prompt_lookup])" if cfg.drafter.kind in MODEL_FREE_KINDS else ""
         raise ConfigError(f"drafter.kind={cfg.drafter.kind!r} is not one of {', '.join(LEARNED_KINDS)}{hint}")
     check_suffix_depth(cfg.drafter.suffix, cfg.decode.k)
-    for key in ("world.target", "drafter.path", "traffic.source"):
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value and looks_like_path(value) and not Path(value).expanduser().exists():
-            raise ConfigError(f"{key}={value!r} does not exist: give an existing local path (or a hub id, online)")
+    check_paths(cfg, ("world.target", "drafter.path", "traffic.source"))
     if cfg.world.target and not cfg.drafter.path and any(ARMS[a][1] == "pretrained" for a in cfg.arms) and cfg.drafter.kind == "small_lm":  # noqa: E501
         raise ConfigError(
             "world.target is an external model, so the world's drafter pretraining does not fit its "
@@ -236,31 +228,7 @@ def check_suffix_depth(suffix: SuffixConfig, k: int) -> None:
 
 def load_config(argv: list[str]) -> TrainConfig:
     """``[--config FILE.yaml] [key=value ...]`` -> a validated ``TrainConfig``."""
-    argv = list(argv)
-    files = []
-    while "--config" in argv:
-        at = argv.index("--config")
-        if at + 1 >= len(argv):
-            raise ConfigError("--config needs a YAML file path")
-        files.append(argv[at + 1])
-        del argv[at : at + 2]
-    bad = [a for a in argv if "=" not in a]
-    if bad:
-        raise ConfigError(f"cannot parse {bad}: overrides look like key=value (e.g. algo.name=pg); see --help")
-    try:
-        merged = OmegaConf.structured(TrainConfig)
-        for path in files:
-            if not Path(path).is_file():
-                raise ConfigError(f"--config {path!r} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(argv))
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or ""
-        message = str(error).splitlines()[0]
-        raise ConfigError(f"bad config key {key!r}: {message} (see python -m aurora_rl.train --help)") from None
-    except ValueError as error:  # a dataclass __post_init__ range check
-        raise ConfigError(str(error)) from None
+    cfg = parse_overrides(TrainConfig, argv, "python -m aurora_rl.train")
     validate(cfg)
     return cfg
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -42,7 +43,8 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
     buffer = cfg.learner.make_buffer() if mode == "online" else None
     learner = Learner(live, buffer, cfg.algo, cfg.learner, s.pad_id, cfg.seed, accelerator) if mode == "online" else None
     explore = cfg.algo.explore_temperature if learner and learner.needs_exploration else None
-    decode = cfg.decode.to_decode_config(explore, controller)
+    # Only a learner reads the target's distributions: other arms skip computing them.
+    decode = replace(cfg.decode.to_decode_config(explore, controller), record_target_probs=learner is not None)
     in_flight = cfg.traffic.concurrency
     engine = Engine(s.target, live, decode, s.eos, EngineSection(max_active=in_flight, max_batch=in_flight, max_queue=in_flight))
     recorder = ArmRecorder(run_dir, arm, stream.phases, cfg.decode.k)
