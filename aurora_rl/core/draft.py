@@ -93,15 +93,8 @@ class ProposesAsOneRow:
     ``propose_rows`` (the batched function), so single and batched drafting share one code
     path and the :class:`BatchProposer` equivalence holds by construction."""
 
-    def propose_rows(
-        self,
-        sessions: Sequence[DraftSession],
-        ks: Sequence[int],
-        samplings: Sequence[SamplingParams],
-        generators: Sequence[torch.Generator | None],
-        min_confidences: Sequence[StopRule],
-    ) -> list[Proposal]:
-        raise NotImplementedError
+    # The batched proposal, with BatchProposer.propose_batch's arguments; each session defines it.
+    propose_rows: Callable[..., list[Proposal]]
 
     def propose(
         self, k: int, sampling: SamplingParams, generator: torch.Generator | None, min_confidence: StopRule = None
