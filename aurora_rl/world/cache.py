@@ -33,7 +33,8 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "aurora_rl")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (weights can be hundreds of MB)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -46,7 +47,7 @@ def write_manifest(directory: Path, manifest: dict) -> None:
     files = {}
     for path in sorted(directory.rglob("*")):
         if path.is_file() and path.name != MANIFEST:
-            files[path.relative_to(directory).as_posix()] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            files[path.relative_to(directory).as_posix()] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     partial = directory / f"{MANIFEST}.partial"
     partial.write_text(json.dumps({**manifest, "files": files}, indent=2))
     os.replace(partial, directory / MANIFEST)
@@ -76,7 +77,7 @@ def read_manifest(directory: Path, fingerprint: str, required: Iterable[str]) ->
             raise InvalidWorld(f"{name} is missing")
         if path.stat().st_size != expected["bytes"]:
             raise InvalidWorld(f"{name} has {path.stat().st_size} bytes, the manifest says {expected['bytes']}")
-        if _sha256(path) != expected["sha256"]:
+        if sha256_file(path) != expected["sha256"]:
             raise InvalidWorld(f"{name} does not match its sha256 in the manifest")
     return manifest
 

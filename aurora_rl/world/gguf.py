@@ -15,14 +15,13 @@ ships the GGUF file); :func:`smollm2_gguf` finds them without importing the pack
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
 import time
 from pathlib import Path
 
-from .cache import InvalidWorld, cache_root, exclusive_lock, read_manifest, staging_directory, write_manifest
+from .cache import InvalidWorld, cache_root, exclusive_lock, read_manifest, sha256_file, staging_directory, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -90,19 +89,11 @@ def require_gguf_package() -> None:
         )
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def dequantized_dir(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """A plain HF model directory (config, safetensors, tokenizer) of the GGUF file ``path``,
     converted on first use and verified on every use."""
     source = Path(path).resolve()
-    digest = _file_digest(source)
+    digest = sha256_file(source)
     directory = cache_root(cache_dir) / "models" / f"{source.stem}-{digest[:12]}"
     key = f"gguf:{digest}:v{CONVERSION_VERSION}"
     with exclusive_lock(directory.parent / f"{directory.name}.lock"):
