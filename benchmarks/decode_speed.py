@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from aurora_rl.core.fp16_weights import TARGET_WEIGHTS, apply_target_weights
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.algos.eagle_pretrain import EaglePretrainRecipe, pretrained_eagle
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="prompts every method decodes first, untimed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--target-weights", choices=TARGET_WEIGHTS, default="fp32",
+                        help="fp16: the target's (and small-LM drafter's) linear layers on fbgemm's fp16 kernel "
+                             "(aurora_rl/core/fp16_weights.py); every method then decodes that model")
     args = parser.parse_args(argv)
 
     world = get_world(args.world)
@@ -122,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             eagle = EagleDrafter.from_pretrained(args.eagle, feature_target)
         else:
             eagle = pretrained_eagle(world, feature_target, tokenizer)
+    # After the drafters are built: the self-draft copies fp32 layers, the EAGLE head reads
+    # the fp32 LM head rows; then target and small LM run on the chosen kernel.
+    apply_target_weights(target_model, args.target_weights)
+    apply_target_weights(drafter.model, args.target_weights)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     stream = make_traffic(world.dataset("heldout"), "mixed", args.num_prompts, seed=args.seed)
     prompts = [torch.tensor(tokenizer(r.prompt)["input_ids"]) for r in stream.requests]

@@ -12,7 +12,14 @@ from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
 from aurora_rl.core.trace import with_target_token
-from aurora_rl.policies.controllers import BanditK, ConfidenceThreshold, HeuristicSchedule, RefitThreshold, best_threshold
+from aurora_rl.policies.controllers import (
+    BanditK,
+    ConfidenceThreshold,
+    GoodputK,
+    HeuristicSchedule,
+    RefitThreshold,
+    best_threshold,
+)
 from aurora_rl.policies.learned_controller import CONTINUE, VERIFY, LearnedController, TinyPolicy
 from aurora_rl.policies.prompt_lookup import PromptLookupDrafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
@@ -176,6 +183,43 @@ def test_bandit_tries_every_k_then_prefers_the_best_goodput():
     assert bandit.chosen[-50:].count(1) > 45
 
 
+def test_goodput_learns_every_k_from_one_verdict():
+    controller = GoodputK(COST, max_k=3, gamma=1.0, optimism=0.0)
+    controller.update(3, 1)  # position 0 accepted, position 1 refused, position 2 never judged
+    assert (controller.judged, controller.accepted) == ([1.0, 1.0, 0.0], [1.0, 0.0, 0.0])
+    a0, a1, a2 = 2 / 3, 1 / 3, 1 / 2  # (accepted + 1) / (judged + 2)
+    emitted = [1, 1 + a0, 1 + a0 + a0 * a1, 1 + a0 + a0 * a1 + a0 * a1 * a2]
+    expected = [e / COST.token_cost(k) for k, e in enumerate(emitted)]
+    assert controller.expected_goodput(optimistic=False) == pytest.approx(expected)
+
+
+def drive_goodput(controller: GoodputK, accepts_up_to: int, steps: int) -> list[int]:
+    """Steps against a draft whose first ``accepts_up_to`` proposals are always accepted."""
+    session = controller.start()
+    for _ in range(steps):
+        k = session.budget(8, 10)
+        session.observe(k, min(k, accepts_up_to))
+    return controller.chosen[-steps:]
+
+
+def test_goodput_finds_the_best_k_and_falls_back_to_the_target():
+    controller = GoodputK(COST, max_k=3)
+    # Only the first proposal is ever accepted: k=1 emits 2 for 1.28 (best), k=2 2 for 1.56.
+    assert drive_goodput(controller, 1, 300)[-100:].count(1) >= 95
+    # The draft turns useless: k=0 (1 for 1) beats k=1 (1 for 1.28). Forgetting takes about
+    # one discount window (1 / (1 - gamma) = 200 steps); then only rare one-step probes.
+    useless = drive_goodput(controller, 0, 600)
+    assert useless[-300:].count(0) >= 280
+
+
+def test_goodput_reprobes_and_follows_a_draft_that_improves():
+    controller = GoodputK(COST, max_k=3)
+    drive_goodput(controller, 0, 400)  # settled on k=0
+    # Every proposal is accepted from now on: optimism re-probes k=1, which then pays, and
+    # the model extends to the deepest k (4 for 1.84 target steps).
+    assert drive_goodput(controller, 3, 400)[-100:].count(3) >= 95
+
+
 def test_learned_controller_follows_its_policy_and_probes_when_skipping():
     controller = LearnedController(position_policy(stop_at=2, skip_below=0.3), max_positions=256, probe_every=3)
     session = controller.start()
@@ -225,7 +269,7 @@ def test_short_steps_still_teach_the_target_token(random_target_model, draft):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("decode.controller=greedy", "decode.controller='greedy' is not one of fixed, heuristic, confidence, refit, bandit, learned"),
+        ("decode.controller=greedy", "decode.controller='greedy' is not one of fixed, heuristic, confidence, refit, bandit, goodput, learned"),
         ("decode.draft_confidence=0.5", "decode.draft_confidence=0.5 is a threshold, but decode.controller=bandit decides"),
         ("decode.controller_train_steps=10", "decode.controller_train_steps=10 must be >= 256"),
         ("decode.controller_policy=/nonexistent", "decode.controller_policy is only read by decode.controller=learned"),

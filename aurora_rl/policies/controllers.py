@@ -228,3 +228,77 @@ class BanditK:
 
     def start(self) -> BanditSession:
         return BanditSession(self)
+
+
+class GoodputSession(_NeverStops):
+    def __init__(self, controller: "GoodputK") -> None:
+        self.controller = controller
+
+    def budget(self, limit: int, context_len: int) -> int:
+        return min(limit, self.controller.choose())
+
+    def observe(self, num_proposed: int, num_accepted: int) -> None:
+        self.controller.update(num_proposed, num_accepted)
+
+
+class GoodputK:
+    """Picks the k in ``0 .. max_k`` of highest *expected* goodput, from an acceptance model.
+
+    A bandit over k learns each arm only when it plays it; this controller learns from every
+    verdict what every k would have earned. It keeps, per draft position ``i``, how often a
+    proposal there was judged and accepted (position ``i`` is judged when the ``i`` before it
+    were accepted), so one k = 4 step teaches k = 1, 2, 3 and 4 at once. From the acceptance
+    rates ``a_i`` it computes ``E[emitted | k] = 1 + sum_{j<=k} a_0 ... a_{j-1}`` and plays
+    ``argmax_k E[emitted | k] / token_cost(k)`` (``k = 0`` scores exactly 1).
+
+    Exploration is optimism that grows while a position goes unjudged: the counts decay by
+    ``gamma`` every step, and each rate is read as ``a_i + optimism / sqrt(1 + judged_i)``.
+    When drafting barely loses (``k = 1`` at 0.96x) it is re-probed soon and cheaply; when it
+    loses badly, rarely. Discounting follows a draft that learns and traffic that shifts.
+    """
+
+    name = "goodput"
+
+    def __init__(self, cost: CostModel, max_k: int, gamma: float = 0.995, optimism: float = 0.3) -> None:
+        if max_k > cost.max_k:
+            raise ValueError(f"max_k={max_k} exceeds the cost model's measured k (<= {cost.max_k})")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        if optimism < 0:
+            raise ValueError(f"optimism must be >= 0, got {optimism}")
+        self.costs = [cost.token_cost(k) for k in range(max_k + 1)]
+        self.judged = [0.0] * max_k
+        self.accepted = [0.0] * max_k
+        self.gamma, self.optimism = gamma, optimism
+        self.chosen: list[int] = []  # the k of every step, for plots
+
+    def rates(self, optimistic: bool = True) -> list[float]:
+        """Acceptance per position, with a 1-of-2 prior (and the optimism bonus)."""
+        bonus = self.optimism if optimistic else 0.0
+        return [min(1.0, (a + 1.0) / (n + 2.0) + bonus / math.sqrt(1.0 + n)) for a, n in zip(self.accepted, self.judged)]
+
+    def expected_goodput(self, optimistic: bool = True) -> list[float]:
+        """``E[emitted | k] / token_cost(k)`` for every k."""
+        rates, goodput, emitted, reach = self.rates(optimistic), [], 1.0, 1.0
+        for k, cost in enumerate(self.costs):
+            if k:
+                reach *= rates[k - 1]
+                emitted += reach
+            goodput.append(emitted / cost)
+        return goodput
+
+    def choose(self) -> int:
+        goodput = self.expected_goodput()
+        k = max(range(len(goodput)), key=goodput.__getitem__)
+        self.chosen.append(k)
+        return k
+
+    def update(self, num_proposed: int, num_accepted: int) -> None:
+        self.judged = [n * self.gamma for n in self.judged]
+        self.accepted = [a * self.gamma for a in self.accepted]
+        for position in range(min(num_accepted + 1, num_proposed, len(self.judged))):
+            self.judged[position] += 1.0
+            self.accepted[position] += float(position < num_accepted)
+
+    def start(self) -> GoodputSession:
+        return GoodputSession(self)

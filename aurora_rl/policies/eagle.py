@@ -27,6 +27,7 @@ from transformers import PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
 from aurora_rl.core.draft import Proposal, ProposesAsOneRow, propose_autoregressively_batched
+from aurora_rl.core.fp16_weights import Fp16Linear
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import Target
 from aurora_rl.policies.draft_vocab import check_draft_vocab
@@ -168,10 +169,10 @@ class EagleModel(nn.Module):
         super().__init__()
         config = head.config
         embedding, lm_head = target_model.get_input_embeddings(), target_model.get_output_embeddings()
-        if not isinstance(embedding, nn.Embedding) or not isinstance(lm_head, nn.Linear):
+        if not isinstance(embedding, nn.Embedding) or not isinstance(lm_head, (nn.Linear, Fp16Linear)):
             raise ValueError(
                 "the EAGLE head shares the target's nn.Embedding input embedding and nn.Linear "
-                f"LM head; this target has {type(embedding).__name__} and {type(lm_head).__name__}"
+                f"(or Fp16Linear) LM head; this target has {type(embedding).__name__} and {type(lm_head).__name__}"
             )
         target_shape = (target_model.config.hidden_size, lm_head.weight.shape[0])
         embedding_size = embedding.weight.shape[1]

@@ -137,7 +137,7 @@ def arm_controller(s: Setting, drafter):
     (the static one every pretrained arm starts from), once per run, then cached on disk."""
     decode = s.cfg.decode
     cost = None
-    if decode.controller in ("refit", "bandit", "learned"):
+    if decode.controller in ("refit", "bandit", "goodput", "learned"):
         # Per arm: a suffix drafter's proposals cost ~1/40 of a small LM's, so one arm's cost
         # model must not stand in for another's (controller_cost caches each shape on disk).
         cost = controller_cost(s.target, drafter, decode.k, s.cfg.world.cache_dir)

@@ -88,7 +88,8 @@ class DecodeSection:
         "who decides each step's draft length (at most k), online per request; all lossless: fixed (always k) | "
         "heuristic (transformers' +2/-1 schedule) | confidence (stop below draft_confidence, default 0.5) | refit "
         "(that threshold re-fitted online from accept/reject outcomes, weighted by the measured cost model) | bandit "
-        "(discounted UCB over k = 0..k on measured goodput) | learned (a tiny policy trained with PPO on "
+        "(discounted UCB over k = 0..k on measured goodput) | goodput (k of highest expected goodput from per-position "
+        "acceptance learned from every verdict, optimistic while unprobed) | learned (a tiny policy trained with PPO on "
         "DraftLength-v0; trained once and cached unless controller_policy is given)", "fixed")
     controller_policy: str | None = documented(
         "controller=learned: a saved policy directory (controller.json + policy.safetensors); null = train one "

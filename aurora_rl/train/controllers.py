@@ -20,12 +20,12 @@ from aurora_rl.core.cost import CostModel
 from aurora_rl.core.cost_profile import cached_cost_model
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.target import Target
-from aurora_rl.policies.controllers import BanditK, ConfidenceThreshold, HeuristicSchedule, RefitThreshold
+from aurora_rl.policies.controllers import BanditK, ConfidenceThreshold, GoodputK, HeuristicSchedule, RefitThreshold
 from aurora_rl.policies.learned_controller import LearnedController, TinyPolicy
 from aurora_rl.world import World
 from aurora_rl.world.cache import cache_root
 
-CONTROLLERS = ("fixed", "heuristic", "confidence", "refit", "bandit", "learned")
+CONTROLLERS = ("fixed", "heuristic", "confidence", "refit", "bandit", "goodput", "learned")
 DEFAULT_CONFIDENCE = 0.5
 
 
@@ -50,12 +50,14 @@ def build_controller(
         return HeuristicSchedule(max_k)
     if name == "confidence":
         return ConfidenceThreshold(confidence or DEFAULT_CONFIDENCE)
-    if name in ("refit", "bandit") and cost is None:
+    if name in ("refit", "bandit", "goodput") and cost is None:
         raise ValueError(f"decode.controller={name} needs the cost model")
     if name == "refit":
         return RefitThreshold(cost, start=confidence or DEFAULT_CONFIDENCE)
     if name == "bandit":
         return BanditK(cost, max_k)
+    if name == "goodput":
+        return GoodputK(cost, max_k)
     if name == "learned":
         if policy is None:
             raise ValueError("decode.controller=learned needs a policy (decode.controller_policy, or one trained by learned_policy)")

@@ -1,0 +1,78 @@
+"""Targets served with fp16 weights (fbgemm): close to fp32, row-independent, and lossless."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from aurora_rl.core.fp16_weights import Fp16Linear, apply_target_weights, use_fp16_weights
+from aurora_rl.core.generate import SpeculativeDecoder
+from aurora_rl.core.spec import DecodeConfig
+from aurora_rl.core.target import RollbackCache, Target, run_cached
+from aurora_rl.policies.small_lm import SmallLMDrafter
+from conftest import make_llama, perturbed_copy
+
+EOS = 1
+
+
+@pytest.fixture(scope="module")
+def fp16_pair():
+    """(fp32 model, the same model with fp16 weights) and a draft that agrees often."""
+    reference = make_llama(vocab=97, hidden=64, layers=2, seed=0)
+    draft = SmallLMDrafter(perturbed_copy(reference, scale=0.1, seed=5))
+    converted = copy.deepcopy(reference)
+    assert use_fp16_weights(converted) == 2 * 7 + 1  # q, k, v, o, gate, up, down per layer + LM head
+    return reference, converted, draft
+
+
+def test_every_linear_is_packed_and_the_lm_head_stays_readable(fp16_pair):
+    _, converted, _ = fp16_pair
+    assert not any(isinstance(m, torch.nn.Linear) for m in converted.modules())
+    head = converted.get_output_embeddings()
+    assert isinstance(head, Fp16Linear) and head.weight.shape == (97, 64)
+    assert not hasattr(converted.model.layers[0].mlp.up_proj, "weight")  # no fp32 copy kept
+
+
+def test_fp16_weights_stay_close_to_fp32(fp16_pair):
+    reference, converted, _ = fp16_pair
+    ids = torch.randint(3, 97, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected, got = reference(ids).logits, converted(ids).logits
+    # fp16 keeps 11 significant bits: a relative error of ~1e-3 per weight, far below the logit scale.
+    assert (got - expected).abs().max() < 1e-2 * expected.abs().max()
+
+
+def test_a_row_does_not_depend_on_its_neighbours(fp16_pair):
+    """Verifying 5 tokens gives the logits of scoring them one at a time (no activation
+    quantization), so the speculative verdict sees the model target-only decoding sees."""
+    _, converted, _ = fp16_pair
+    prompt = torch.randint(3, 97, (12,), generator=torch.Generator().manual_seed(1))
+    block, single = RollbackCache(converted), RollbackCache(converted)
+    run_cached(converted, block, prompt)
+    run_cached(converted, single, prompt)
+    new = [5, 17, 40, 3, 66]
+    together = run_cached(converted, block, new).logits
+    one_by_one = torch.cat([run_cached(converted, single, [t]).logits for t in new])
+    assert torch.allclose(together, one_by_one, atol=1e-5, rtol=0)
+
+
+def test_greedy_output_equals_generate_with_fp16_weights(fp16_pair):
+    _, converted, draft = fp16_pair
+    decoder = SpeculativeDecoder(Target(converted), draft, DecodeConfig(k=3), [EOS])
+    gen = torch.Generator().manual_seed(2)
+    taus = []
+    for length in (3, 9, 17, 24):
+        prompt = torch.randint(3, 97, (length,), generator=gen)
+        ours = decoder.generate(prompt, max_new_tokens=40)
+        reference = converted.generate(prompt[None], max_new_tokens=40, do_sample=False, eos_token_id=EOS,
+                                       pad_token_id=2)[0, length:]
+        assert ours.tokens.tolist() == reference.tolist()
+        taus.append(ours.accepted_length)
+    assert sum(taus) / len(taus) > 1.5  # drafts were accepted: the verify path really ran
+
+
+def test_unknown_weights_name_is_refused():
+    with pytest.raises(ValueError, match=r"target weights='int4': choose one of \['fp32', 'fp16'\]"):
+        apply_target_weights(make_llama(97, 16, 1, seed=0), "int4")
