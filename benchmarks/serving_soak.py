@@ -283,7 +283,7 @@ def offline_accepted_length(snapshots: Path, version: int) -> float:
     from aurora_rl.core.generate import SpeculativeDecoder
     from aurora_rl.core.spec import DecodeConfig
     from aurora_rl.core.target import Target
-    from aurora_rl.serving.snapshots import load_snapshot
+    from aurora_rl.online.snapshots import load_snapshot
     from aurora_rl.world import get_world
 
     world = get_world("tiny", progress=False)

@@ -24,7 +24,7 @@ from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
 from aurora_rl.policies.eagle import EagleDrafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
-from aurora_rl.train.rounds import accepted_length, train_rounds
+from aurora_rl.online.rounds import accepted_length, train_rounds
 from aurora_rl.world import get_world
 from aurora_rl.world.traffic import make_traffic
 

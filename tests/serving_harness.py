@@ -19,7 +19,7 @@ from aurora_rl.core.target import Target
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
 from aurora_rl.serving.http import uvicorn_config
-from aurora_rl.serving.learner import LearnerConfig
+from aurora_rl.online.learner import LearnerConfig
 from aurora_rl.serving.server import Server, build_server
 from aurora_rl.world import get_world
 

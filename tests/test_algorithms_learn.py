@@ -1,7 +1,7 @@
 """Every algorithm trains both drafters on the tiny world and raises accepted length.
 
 Accepted length is measured through the real decode path (``SpeculativeDecoder`` on
-held-out prompts), never through a proxy. Protocol (``aurora_rl.train.rounds``): a few
+held-out prompts), never through a proxy. Protocol (``aurora_rl.online.rounds``): a few
 rounds of on-policy trace collection on training prompts, each followed by a few updates,
 on the tiny world's predictable domains (its code and prose are near-unpredictable for a
 tiny target, perplexity ~50, which would make a small budget measure noise).
@@ -14,7 +14,7 @@ from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
 from aurora_rl.policies.eagle import EagleDrafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
-from aurora_rl.train.rounds import accepted_length, train_rounds
+from aurora_rl.online.rounds import accepted_length, train_rounds
 from aurora_rl.world import get_world
 from aurora_rl.world.traffic import make_traffic
 

@@ -16,14 +16,17 @@ LAYER = {
     "policies": 2,
     "algos": 3,
     "envs": 4,
-    "serving": 4,
-    "train": 5,
-    "serve": 6,
+    "online": 4,
+    "serving": 5,
+    "train": 6,
+    "serve": 7,
 }
 # Extra rules beyond the ordering.
 FORBIDDEN = {
     "policies": {"gymnasium"},
-    "algos": {"gymnasium", "aurora_rl.envs", "aurora_rl.serving", "torch.utils.tensorboard"},
+    "algos": {"gymnasium", "aurora_rl.envs", "aurora_rl.online", "aurora_rl.serving", "torch.utils.tensorboard"},
+    "online": {"gymnasium", "aurora_rl.envs", "fastapi", "torch.utils.tensorboard"},
+    "envs": {"aurora_rl.online"},
     "serving": {"gymnasium", "aurora_rl.envs"},
     "core": {"gymnasium"},
 }

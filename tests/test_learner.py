@@ -11,9 +11,9 @@ from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
 from aurora_rl.policies.small_lm import SmallLMDrafter
-from aurora_rl.serving.learner import Learner, LearnerConfig
-from aurora_rl.serving.publish import LivePolicy
-from aurora_rl.serving.snapshots import SnapshotStore
+from aurora_rl.online.learner import Learner, LearnerConfig
+from aurora_rl.online.publish import LivePolicy
+from aurora_rl.online.snapshots import SnapshotStore
 from conftest import make_llama
 
 

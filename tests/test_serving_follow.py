@@ -21,10 +21,10 @@ import aurora_rl.serving.follow as follow_module
 from aurora_rl.serve.__main__ import main as serve_main
 from aurora_rl.serving.config import EngineSection, SnapshotSection
 from aurora_rl.serving.follow import LOCAL_VERSION, SnapshotFollower, follow_and_learn_error
-from aurora_rl.serving.snapshots import load_snapshot
-from aurora_rl.serving.learner import LearnerConfig
-from aurora_rl.serving.publish import LivePolicy
-from aurora_rl.serving.snapshots import SnapshotStore
+from aurora_rl.online.snapshots import load_snapshot
+from aurora_rl.online.learner import LearnerConfig
+from aurora_rl.online.publish import LivePolicy
+from aurora_rl.online.snapshots import SnapshotStore
 from aurora_rl.serving.server import build_server
 from serving_harness import MODEL, expected_text, metric, noisy_drafter, serving, tiny, wait_for
 from serving_harness import complete as harness_complete

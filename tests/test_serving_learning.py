@@ -12,10 +12,10 @@ import openai
 import pytest
 import torch
 
-import aurora_rl.serving.learner as learner_module
+import aurora_rl.online.learner as learner_module
 from aurora_rl.policies.small_lm import SmallLMDrafter
-from aurora_rl.serving.learner import LearnerConfig
-from aurora_rl.serving.snapshots import SnapshotStore
+from aurora_rl.online.learner import LearnerConfig
+from aurora_rl.online.snapshots import SnapshotStore
 from serving_harness import MODEL, complete, expected_text, metric, noisy_drafter, serving, tiny, tiny_server, wait_for
 
 PROMPTS = ["def fibonacci(n):\n", "SELECT name FROM", "The river ran quietly through the", "User: hello\nAssistant:"]

@@ -12,7 +12,7 @@ import torch
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
-from aurora_rl.serving.snapshots import load_snapshot
+from aurora_rl.online.snapshots import load_snapshot
 from processes import free_ports
 from serving_harness import tiny
 

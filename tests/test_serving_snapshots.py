@@ -13,9 +13,9 @@ import pytest
 
 from aurora_rl.core.target import Target
 from aurora_rl.serving.follow import SnapshotFollower
-from aurora_rl.serving.learner import LearnerConfig
-from aurora_rl.serving.publish import LivePolicy
-from aurora_rl.serving.snapshots import SnapshotStore
+from aurora_rl.online.learner import LearnerConfig
+from aurora_rl.online.publish import LivePolicy
+from aurora_rl.online.snapshots import SnapshotStore
 from serving_harness import complete, metric, noisy_drafter, serving, tiny, tiny_server, wait_for
 
 PROMPTS = ["def fibonacci(n):\n", "SELECT name FROM", "The river ran quietly through the", "User: hello\nAssistant:"]

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
 from aurora_rl.serving.follow import follow_and_learn_error
-from aurora_rl.serving.learner import LearnerConfig
+from aurora_rl.online.learner import LearnerConfig
 from aurora_rl.train.config import (
     DRAFTER_KINDS, LEARNED_KINDS, MODEL_FREE_KINDS, DecodeSection, DrafterSection, TrainConfig, WorldSection,
     check_suffix_depth,

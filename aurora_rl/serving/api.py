@@ -37,14 +37,14 @@ from aurora_rl.serving.metrics import ServingMetrics, health_problems
 from aurora_rl.serving.middleware import (
     BodyLimit, CatchAll, CountRequests, HeaderLimit, ReadTimeout, RequireJSON, RequireKey, error_response,
 )  # fmt: skip
-from aurora_rl.serving.online import OnlineLearning
+from aurora_rl.online.learning import OnlineLearning
 from aurora_rl.serving.protocol import (
     APIError, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
     ChatDelta, ChatMessageOut, CompletionChoice, CompletionRequest, CompletionResponse, ModelCard, ModelList,
     SpecDecodeStats, Usage, validation_error,
 )  # fmt: skip
-from aurora_rl.serving.publish import LivePolicy
-from aurora_rl.serving.snapshots import SnapshotStore
+from aurora_rl.online.publish import LivePolicy
+from aurora_rl.online.snapshots import SnapshotStore
 
 EXTENSION_FIELDS = ("usage", "spec_decode", "system_fingerprint")
 

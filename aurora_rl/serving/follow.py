@@ -2,7 +2,7 @@
 
 A learner (``python -m aurora_rl.serve`` with learning on, on this machine or on another one
 sharing the filesystem) writes every version it publishes with
-:class:`~aurora_rl.serving.snapshots.SnapshotStore`: ``v000042/`` is moved into place whole,
+:class:`~aurora_rl.online.snapshots.SnapshotStore`: ``v000042/`` is moved into place whole,
 then ``LATEST.json`` is replaced. A :class:`SnapshotFollower` reads that pointer every
 ``interval`` seconds on its own thread. When it names a newer version, the follower loads it
 with the drafters' own strict checkpoint loading, checks that it can serve here, and
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.target import Target
-from aurora_rl.serving.publish import LivePolicy
-from aurora_rl.serving.snapshots import Latest, UnusableSnapshot, load_snapshot, newest_good, read_latest, relative_change
+from aurora_rl.online.publish import LivePolicy
+from aurora_rl.online.snapshots import Latest, UnusableSnapshot, load_snapshot, newest_good, read_latest, relative_change
 
 logger = logging.getLogger(__name__)
 

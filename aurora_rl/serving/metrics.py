@@ -19,9 +19,9 @@ from prometheus_client.registry import Collector
 from aurora_rl.core.trace import Trace
 from aurora_rl.serving.engine import Engine, RequestStats
 from aurora_rl.serving.follow import SnapshotFollower
-from aurora_rl.serving.online import OnlineLearning
-from aurora_rl.serving.publish import LivePolicy
-from aurora_rl.serving.snapshots import SnapshotStore
+from aurora_rl.online.learning import OnlineLearning
+from aurora_rl.online.publish import LivePolicy
+from aurora_rl.online.snapshots import SnapshotStore
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0)
 LEARNER_STATES = ("off", "idle", "running", "crashed")

@@ -15,7 +15,7 @@ or, following another process's learner (``snapshots.follow``)::
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from fastapi import FastAPI
 from transformers import PreTrainedTokenizerBase
@@ -28,11 +28,11 @@ from aurora_rl.serving.api import create_app
 from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
 from aurora_rl.serving.engine import Engine
 from aurora_rl.serving.follow import SnapshotFollower, follow_and_learn_error
-from aurora_rl.serving.learner import LearnerConfig
+from aurora_rl.online.learner import LearnerConfig
 from aurora_rl.serving.metrics import ServingMetrics
-from aurora_rl.serving.online import OnlineLearning
-from aurora_rl.serving.publish import LivePolicy
-from aurora_rl.serving.snapshots import SnapshotStore, newest_good
+from aurora_rl.online.learning import OnlineLearning
+from aurora_rl.online.publish import LivePolicy
+from aurora_rl.online.snapshots import SnapshotStore, newest_good
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +90,19 @@ def build_server(
         live = LivePolicy(drafter, on_publish=store.write_live, newest=store.newest_number())
     else:
         live = LivePolicy(drafter)
+    if learner is not None and learner.mode != "async":
+        raise ValueError(
+            f"learner.mode={learner.mode!r}: a server's learner runs on its own thread so decoding never "
+            "waits for it; set learner.mode=async"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     learning = OnlineLearning(live, algo, learner, pad_id, seed, store) if learner is not None else None
     if learning is not None and resumed is not None:
         resumed += "; " + learning.restore(target)
     if resumed is not None:
         logger.warning("snapshots %s: %s", store.directory, resumed)
-    if learning is not None and learning.needs_exploration and decode.explore_temperature is None:
-        decode = replace(decode, explore_temperature=algo.explore_temperature)
+    if learning is not None:
+        decode = learning.decode_config(decode)
     eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
     decode_engine = Engine(target, live, decode, eos, engine, seed)
     metrics = ServingMetrics(decode.k, decode_engine, live, learning, follower, store)

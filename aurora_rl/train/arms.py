@@ -19,7 +19,7 @@ from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.policies.suffix import SuffixDrafter
 from aurora_rl.train.config import ARMS, MODEL_FREE_KINDS, TrainConfig
 from aurora_rl.train.controllers import build_controller, controller_cost, learned_policy, load_policy
-from aurora_rl.train.rounds import train_rounds
+from aurora_rl.online.rounds import train_rounds
 from aurora_rl.world import World
 from aurora_rl.world.traffic import Request, make_traffic
 

@@ -17,7 +17,7 @@ from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.policies.prompt_lookup import PromptLookupConfig
 from aurora_rl.policies.suffix import SuffixConfig
-from aurora_rl.serving.learner import LearnerConfig
+from aurora_rl.online.learner import LearnerConfig
 from aurora_rl.train.controllers import CONTROLLERS
 from aurora_rl.world.precision import PRECISIONS
 from aurora_rl.world.traffic import SCHEDULES

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from aurora_rl.core.trace import Trace
 from aurora_rl.serving.config import EngineSection
 from aurora_rl.serving.engine import Engine, EngineOutput, GenerationRequest
-from aurora_rl.serving.learner import Learner
-from aurora_rl.serving.publish import LivePolicy
+from aurora_rl.online.learning import OnlineLearning
+from aurora_rl.online.publish import LivePolicy
 from aurora_rl.train.arms import Setting, arm_controller, initial_drafter
 from aurora_rl.train.config import ARMS
 from aurora_rl.train.report import ArmRecorder
@@ -40,11 +40,13 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
     live = LivePolicy(initial_drafter(s, arm)) if mode != "none" else None
     controller = arm_controller(s, live.current) if live else None
     setup_seconds = time.perf_counter() - began
-    buffer = cfg.learner.make_buffer() if mode == "online" else None
-    learner = Learner(live, buffer, cfg.algo, cfg.learner, s.pad_id, cfg.seed, accelerator) if mode == "online" else None
-    explore = cfg.algo.explore_temperature if learner and learner.needs_exploration else None
+    # The server builds the same stack (serving/server.py); here it has no snapshot directory.
+    learning = OnlineLearning(live, cfg.algo, cfg.learner, s.pad_id, cfg.seed, accelerator=accelerator) if mode == "online" else None
+    learner = learning.learner if learning else None
+    buffer = learning.buffer if learning else None
+    decode = cfg.decode.to_decode_config(None, controller)
     # Only a learner reads the target's distributions: other arms skip computing them.
-    decode = replace(cfg.decode.to_decode_config(explore, controller), record_target_probs=learner is not None)
+    decode = replace(learning.decode_config(decode) if learning else decode, record_target_probs=learning is not None)
     in_flight = cfg.traffic.concurrency
     engine = Engine(s.target, live, decode, s.eos, EngineSection(max_active=in_flight, max_batch=in_flight, max_queue=in_flight))
     recorder = ArmRecorder(run_dir, arm, stream.phases, cfg.decode.k)
@@ -64,8 +66,8 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
                 finished.append((request_id, output))
         return sink
 
-    if learner and cfg.learner.mode == "async":
-        learner.start()
+    if learning is not None:
+        learning.start()  # async: the learner thread; sync: rounds below, between engine steps
     bar = tqdm(total=len(waiting), desc=arm, disable=not cfg.progress, unit="req")
     while waiting or engine.busy:
         while waiting and engine.num_active + engine.queue_depth < in_flight:
@@ -82,8 +84,8 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
         for trace in step_traces:
             seconds[trace.request_id] += step_seconds / len(step_traces)
             recorder.step(trace)
-            if learner is not None:
-                learner.observe(trace)
+            if learning is not None:
+                learning.observe(trace)
         rounds_due = (traces_seen + len(step_traces)) // cfg.learner.train_every - traces_seen // cfg.learner.train_every
         traces_seen += len(step_traces)
         step_traces.clear()
@@ -91,7 +93,7 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
             for _ in range(rounds_due):
                 t0 = time.perf_counter()
                 first = learner.updates
-                recorder.learner(learner.train_round(), first)
+                recorder.learner(learning.train_round(), first)
                 learner_seconds += time.perf_counter() - t0
         for request_id, output in finished:
             if output.stats.finish_reason == "error":
@@ -102,9 +104,10 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
             bar.set_postfix(tau=f"{output.stats.accepted_length:.2f}", version=version(), refresh=False)
         finished.clear()
     bar.close()
-    if learner and cfg.learner.mode == "async":
-        learner.stop()
-        recorder.learner(list(learner.metrics), 0)
+    if learning is not None:
+        learning.stop()
+        if cfg.learner.mode == "async":
+            recorder.learner(list(learner.metrics), 0)
 
     extra = {
         "mode": mode,

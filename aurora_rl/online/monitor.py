@@ -20,8 +20,8 @@ from typing import Callable
 from aurora_rl.core.batch import TraceBatch
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.trace import Trace
-from aurora_rl.serving.gate import acceptance_score
-from aurora_rl.serving.publish import LivePolicy
+from aurora_rl.online.gate import acceptance_score
+from aurora_rl.online.publish import LivePolicy
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,14 @@
-"""The learning side of a server: trace buffer, background learner, rollback monitor, state.
+"""The online-learning stack, built one way for both drivers: trace buffer, learner, rollback
+monitor, snapshot state.
 
-Decoding hands every trace to :meth:`OnlineLearning.observe` (cheap: two list appends).
-The :class:`~aurora_rl.serving.learner.Learner` trains its own copy of the draft on a
-background thread, gates each candidate on held-out traces and publishes to the
-``LivePolicy`` the engine decodes with; its
-:class:`~aurora_rl.serving.monitor.SwapMonitor` judges each new version against the one it
+The train CLI (``train/loop.py``) and the server (``serving/server.py``) both build an
+:class:`OnlineLearning` around the ``LivePolicy`` their engine decodes with and add
+:meth:`OnlineLearning.observe` as the engine's trace listener (cheap: two list appends).
+The :class:`~aurora_rl.online.learner.Learner` trains its own copy of the draft -- on a
+background thread (``mode="async"``: the server, and async train arms) or in rounds the
+driver calls between engine steps (``mode="sync"``: deterministic train arms) -- gates each
+candidate on held-out traces and publishes to the ``LivePolicy``; its
+:class:`~aurora_rl.online.monitor.SwapMonitor` judges each new version against the one it
 replaced on the same fresh live traces and rolls it back if it is worse. Rewriting
 ``LATEST.json`` after a rollback runs on a control thread, never on the decode thread.
 """
@@ -13,47 +17,45 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from aurora_rl.algos import AlgoConfig
 from aurora_rl.core.draft import DraftPolicy
+from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.trace import Trace
-from aurora_rl.serving import learner_state
-from aurora_rl.serving.learner import Learner, LearnerConfig
-from aurora_rl.serving.monitor import SwapMonitor
-from aurora_rl.serving.publish import LivePolicy
-from aurora_rl.serving.snapshots import SnapshotStore
+from aurora_rl.online import learner_state
+from aurora_rl.online.learner import Learner, LearnerConfig
+from aurora_rl.online.monitor import SwapMonitor
+from aurora_rl.online.publish import LivePolicy
+from aurora_rl.online.snapshots import SnapshotStore
 
 logger = logging.getLogger(__name__)
 
 
 class OnlineLearning:
-    """Trains the draft from the trace stream while the server decodes.
+    """Trains the draft from the trace stream while an engine decodes with ``live``.
 
     Args:
         live: the live policy the engine decodes with (publishes and rollbacks go here).
         algo: the learning rule.
-        config: schedule, gate and rollback settings (``mode`` must be "async": a server
-            never trains on its decode thread).
+        config: schedule, gate and rollback settings.
         pad_id: padding token for trace batches.
         seed: seeds the learner's batch sampling.
         snapshots: where published versions and, on :meth:`stop`, the learner's state go.
+        accelerator: optional ``accelerate.Accelerator`` for the algorithm.
     """
 
     def __init__(self, live: LivePolicy, algo: AlgoConfig, config: LearnerConfig, pad_id: int, seed: int,
-                 snapshots: SnapshotStore | None = None) -> None:  # fmt: skip
-        if config.mode != "async":
-            raise ValueError(
-                f"learner.mode={config.mode!r}: a server's learner runs on its own thread so decoding never "
-                "waits for it; set learner.mode=async"
-            )
+                 snapshots: SnapshotStore | None = None, accelerator=None) -> None:  # fmt: skip
         self.live = live
+        self.algo = algo
+        self.config = config
         self.snapshots = snapshots
         self.buffer = config.make_buffer()
         checkpoint = (lambda: self.save_state(snapshots)) if snapshots is not None else None
-        self.learner = Learner(live, self.buffer, algo, config, pad_id, seed, on_rollback=self._on_rollback,
-                               on_checkpoint=checkpoint)  # fmt: skip
+        self.learner = Learner(live, self.buffer, algo, config, pad_id, seed, accelerator,
+                               on_rollback=self._on_rollback, on_checkpoint=checkpoint)  # fmt: skip
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aurora-control")
 
     @property
@@ -65,16 +67,29 @@ class OnlineLearning:
     def monitor(self) -> SwapMonitor:
         return self.learner.monitor
 
+    def decode_config(self, decode: DecodeConfig) -> DecodeConfig:
+        """``decode`` as this learner needs it: an algorithm that learns from sampled
+        proposals gets the configured exploration temperature unless one is set."""
+        if self.needs_exploration and decode.explore_temperature is None:
+            return replace(decode, explore_temperature=self.algo.explore_temperature)
+        return decode
+
     def observe(self, trace: Trace) -> None:
         """Engine trace listener (decode thread): feed the learner and its swap monitor."""
         self.learner.observe(trace)
 
     def start(self) -> None:
-        self.learner.start()
+        """Async: start the learner thread. Sync: nothing (the driver calls :meth:`train_round`)."""
+        if self.config.mode == "async":
+            self.learner.start()
+
+    def train_round(self) -> list[dict[str, float]]:
+        """Sync: one learner round between two engine steps; returns each update's metrics."""
+        return self.learner.train_round()
 
     def restore(self, target) -> str:
         """Continue from the learner state saved in the snapshot directory (see
-        :mod:`~aurora_rl.serving.learner_state`); returns what was done, in words."""
+        :mod:`~aurora_rl.online.learner_state`); returns what was done, in words."""
         return learner_state.restore(self.learner, self.snapshots, target) if self.snapshots else "no snapshot directory"
 
     def stop(self) -> Path | None:

@@ -34,9 +34,9 @@ from aurora_rl.algos import AlgoConfig, make_algorithm
 from aurora_rl.core.buffer import TraceBuffer
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.trace import Trace, with_target_token
-from aurora_rl.serving.gate import GateDecision, gate
-from aurora_rl.serving.monitor import SwapMonitor
-from aurora_rl.serving.publish import LivePolicy
+from aurora_rl.online.gate import GateDecision, gate
+from aurora_rl.online.monitor import SwapMonitor
+from aurora_rl.online.publish import LivePolicy
 from aurora_rl.settings import documented
 
 logger = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from aurora_rl.serving.learner import Learner
-from aurora_rl.serving.snapshots import SnapshotStore, load_snapshot, same_mode_as_manifest
+from aurora_rl.online.learner import Learner
+from aurora_rl.online.snapshots import SnapshotStore, load_snapshot, same_mode_as_manifest
 
 logger = logging.getLogger(__name__)
 
