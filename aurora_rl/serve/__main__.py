@@ -36,12 +36,14 @@ import numpy as np
 import torch
 
 from aurora_rl.core.target import Target, load_model_and_tokenizer
-from aurora_rl.serve.config import as_train_config, describe, load_config, to_yaml
+from aurora_rl.online.rounds import distiller
+from aurora_rl.policies import factory
+from aurora_rl.serve.config import describe, load_config, to_yaml
 from aurora_rl.settings import config_from_cli
 from aurora_rl.serving import http
 from aurora_rl.serving.server import build_server
-from aurora_rl.train.arms import Setting, arm_controller, model_free_drafter, pretrained, scratch_drafter, with_suffix
-from aurora_rl.train.config import MODEL_FREE_KINDS
+from aurora_rl.train.config import OfflineSection, TrafficSection
+from aurora_rl.train.controllers import configured_controller
 from aurora_rl.world import get_world
 
 API_KEY_ENV = "AURORA_RL_API_KEY"
@@ -68,20 +70,27 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tokenizer, model = world.tokenizer(), world.target()
     target = Target(model, tuple(cfg.drafter.eagle_layers) if cfg.drafter.kind == "eagle" else ())
-    setting = Setting(as_train_config(cfg), world, target, tokenizer)
-    if cfg.drafter.kind in MODEL_FREE_KINDS:
-        drafter = model_free_drafter(setting, cfg.drafter.kind)
-    else:
-        drafter = pretrained(setting) if cfg.draft == "pretrained" else scratch_drafter(setting)
-        if cfg.with_suffix:
-            drafter = with_suffix(setting, drafter)
+    # An EAGLE head is pretrained the way the train CLI's defaults pretrain it.
+    distil = distiller(world, target, tokenizer, cfg.algo, cfg.decode.to_decode_config(),
+                       max_new_tokens=TrafficSection().max_new_tokens, num_requests=OfflineSection().num_requests,
+                       updates=cfg.drafter.pretrain_steps, seed=cfg.seed, progress=cfg.progress)  # fmt: skip
+
+    def static_draft():
+        return factory.pretrained(cfg.drafter, target, world, seed=cfg.seed, distil=distil, cache_dir=cfg.world.cache_dir,
+                                  precision=cfg.world.precision, progress=cfg.progress)  # fmt: skip
+
+    drafter = factory.build_drafter(cfg.drafter, target, world, start=cfg.draft, hybrid=cfg.with_suffix, seed=cfg.seed,
+                                    pretrained=static_draft)  # fmt: skip
+    controller, _ = configured_controller(cfg.decode, cfg.drafter, target, drafter, static_draft, world=world,
+                                          tokenizer=tokenizer, max_new_tokens=TrafficSection().max_new_tokens,
+                                          cache_dir=cfg.world.cache_dir, seed=cfg.seed, progress=cfg.progress)  # fmt: skip
 
     # The server: engine + learner + metrics + HTTP app, wired in one place.
     model_name = cfg.server.model_name or cfg.world.target or f"aurora-{world.name}"
     api_key = cfg.server.api_key or os.environ.get(API_KEY_ENV) or None
     server = build_server(
         target, tokenizer, drafter,
-        decode=cfg.decode.to_decode_config(controller=arm_controller(setting, drafter)), model_name=model_name,
+        decode=cfg.decode.to_decode_config(controller=controller), model_name=model_name,
         server=replace(cfg.server, api_key=api_key), engine=cfg.engine,
         learner=cfg.learner if cfg.learn else None, algo=cfg.algo, snapshots=cfg.snapshots, seed=cfg.seed,
     )  # fmt: skip

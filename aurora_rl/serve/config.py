@@ -17,10 +17,8 @@ from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
 from aurora_rl.serving.follow import follow_and_learn_error
 from aurora_rl.online.learner import LearnerConfig
-from aurora_rl.train.config import (
-    DRAFTER_KINDS, LEARNED_KINDS, MODEL_FREE_KINDS, DecodeSection, DrafterSection, TrainConfig, WorldSection,
-    check_suffix_depth,
-)  # fmt: skip
+from aurora_rl.policies.factory import DRAFTER_KINDS, LEARNED_KINDS, MODEL_FREE_KINDS, DrafterSection
+from aurora_rl.train.config import DecodeSection, WorldSection, check_suffix_depth
 from aurora_rl.settings import ConfigError, check_paths, documented, parse_overrides
 from aurora_rl.settings import describe as describe_fields
 
@@ -97,12 +95,6 @@ def load_config(argv: list[str]) -> ServeConfig:
     cfg = parse_overrides(ServeConfig, argv, "python -m aurora_rl.serve")
     validate(cfg)
     return cfg
-
-
-def as_train_config(cfg: ServeConfig) -> TrainConfig:
-    """The train CLI's view of this config, so its drafter builders (``train.arms``) serve here."""
-    return TrainConfig(seed=cfg.seed, progress=cfg.progress, world=cfg.world, decode=cfg.decode,
-                       drafter=cfg.drafter, algo=cfg.algo, learner=cfg.learner)  # fmt: skip
 
 
 def to_yaml(cfg: ServeConfig) -> str:

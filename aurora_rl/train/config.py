@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.spec import DecodeConfig
-from aurora_rl.policies.prompt_lookup import PromptLookupConfig
+from aurora_rl.policies.factory import LEARNED_KINDS, MODEL_FREE_KINDS, DrafterSection
 from aurora_rl.policies.suffix import SuffixConfig
 from aurora_rl.online.learner import LearnerConfig
 from aurora_rl.train.controllers import CONTROLLERS
@@ -41,9 +41,6 @@ ARMS = {
 }
 DEFAULT_ARMS = ("target_only", "static", "offline", "online_scratch", "online_pretrained", "suffix",
                 "online_pretrained+suffix")
-LEARNED_KINDS = ("small_lm", "eagle")
-MODEL_FREE_KINDS = ("suffix", "prompt_lookup")
-DRAFTER_KINDS = LEARNED_KINDS + MODEL_FREE_KINDS
 BEST_CONTROLLER = "bandit"  # the main job's default: see docs/controllers.md
 
 
@@ -128,26 +125,6 @@ class DecodeSection:
         sampling = SamplingParams(self.temperature, self.top_k, self.top_p)
         confidence = self.draft_confidence if controller is None else None
         return DecodeConfig(self.k, sampling, explore_temperature, self.trace_topk, confidence, controller)
-
-
-@dataclass
-class DrafterSection:
-    kind: str = documented("small_lm (independent small causal LM) or eagle (head on the target's hidden states)", "small_lm")
-    path: str | None = documented("start every 'pretrained' arm from this saved drafter directory (or, for small_lm, any HF causal LM dir) instead of pretraining one", None)
-    pretrain_domains: list[str] | None = documented(
-        "domains the static draft is pretrained on (null = all): what was at hand offline; "
-        "traffic from the other domains is a shift it never saw", factory=lambda: ["code", "prose"])
-    pretrain_steps: int = documented("optimizer steps of offline pretraining", 300)
-    eagle_layers: list[int] = documented("eagle: target hidden states it reads (HF hidden_states indices; -1 = last)", factory=lambda: [-1])
-    suffix: SuffixConfig = documented("the suffix drafter (arms suffix and *+suffix; serve drafter.kind=suffix or drafter.with_suffix)", factory=SuffixConfig)
-    prompt_lookup: PromptLookupConfig = documented("the prompt lookup drafter (arm prompt_lookup; serve drafter.kind=prompt_lookup)", factory=PromptLookupConfig)
-    hybrid_min_suffix_score: float = documented(
-        "hybrids (*+suffix): use the suffix proposal when its expected accepted tokens (empirical frequencies) "
-        "reach this, else the learned draft's", 1.0)
-
-    def __post_init__(self) -> None:
-        if not self.hybrid_min_suffix_score > 0:
-            raise ValueError(f"drafter.hybrid_min_suffix_score={self.hybrid_min_suffix_score} must be > 0")
 
 
 @dataclass

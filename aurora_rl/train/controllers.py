@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from transformers import PreTrainedTokenizerBase
 
@@ -107,3 +109,28 @@ def learned_policy(
 
 def load_policy(path: str | Path) -> TinyPolicy:
     return TinyPolicy.load(path)
+
+
+def configured_controller(decode, drafter_spec, target: Target, drafter: DraftPolicy, static_draft: Callable[[], DraftPolicy],
+                          *, world: World, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int,
+                          cache_dir: str | None, seed: int, progress: bool, policy: TinyPolicy | None = None):  # fmt: skip
+    """A fresh instance of ``decode.controller`` (a ``DecodeSection``) for ``drafter``, and the
+    learned policy it uses (pass it back as ``policy`` to share it). The cost model is profiled
+    on ``drafter``'s shape; a learned policy is loaded (``decode.controller_policy``) or trained
+    on ``static_draft()`` (the static draft ``drafter_spec`` describes), then cached on disk."""
+    cost = None
+    if decode.controller in ("refit", "bandit", "goodput", "learned"):
+        # Per drafter: a suffix drafter's proposals cost ~1/40 of a small LM's, so one drafter's
+        # cost model must not stand in for another's (controller_cost caches each shape on disk).
+        cost = controller_cost(target, drafter, decode.k, cache_dir)
+    if decode.controller == "learned" and policy is None:
+        if decode.controller_policy:
+            policy = load_policy(decode.controller_policy)
+        else:
+            static = static_draft()
+            tag = json.dumps({"kind": drafter_spec.kind, **asdict(drafter_spec), "seed": seed}, sort_keys=True)
+            trained_on = controller_cost(target, static, decode.k, cache_dir)
+            policy = learned_policy(world, target, tokenizer, static, trained_on, decode.k, max_new_tokens, tag, cache_dir,
+                                    seed, progress, decode.controller_train_steps)  # fmt: skip
+    controller = build_controller(decode.controller, decode.k, cost, decode.draft_confidence, policy, target.max_positions)
+    return controller, policy

@@ -1,0 +1,114 @@
+"""Drafters by kind, in one place: the train arms and the server build every draft here.
+
+One plain ``if/elif`` on ``drafter.kind``; to add a kind, add it to the tuples below and to
+:func:`scratch_drafter` / :func:`load_drafter` (learned kinds) or :func:`model_free_drafter`
+(training-free kinds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from transformers import AutoModelForCausalLM
+
+from aurora_rl.core.draft import DraftPolicy
+from aurora_rl.core.target import Target
+from aurora_rl.policies.checkpoint import POLICY_FILE, read_manifest
+from aurora_rl.policies.eagle import EagleDrafter
+from aurora_rl.policies.hybrid import HybridDrafter
+from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter
+from aurora_rl.policies.prompt_lookup import PromptLookupConfig, PromptLookupDrafter
+from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.policies.suffix import SuffixConfig, SuffixDrafter
+from aurora_rl.settings import documented
+from aurora_rl.world import World
+
+LEARNED_KINDS = ("small_lm", "eagle")
+MODEL_FREE_KINDS = ("suffix", "prompt_lookup")
+DRAFTER_KINDS = LEARNED_KINDS + MODEL_FREE_KINDS
+
+# distil(fresh_drafter, domains) -> the drafter trained offline on those domains' traces.
+Distil = Callable[[DraftPolicy, "tuple[str, ...] | None"], DraftPolicy]
+
+
+@dataclass
+class DrafterSection:
+    kind: str = documented("small_lm (independent small causal LM) or eagle (head on the target's hidden states)", "small_lm")
+    path: str | None = documented("start every 'pretrained' arm from this saved drafter directory (or, for small_lm, any HF causal LM dir) instead of pretraining one", None)
+    pretrain_domains: list[str] | None = documented(
+        "domains the static draft is pretrained on (null = all): what was at hand offline; "
+        "traffic from the other domains is a shift it never saw", factory=lambda: ["code", "prose"])
+    pretrain_steps: int = documented("optimizer steps of offline pretraining", 300)
+    eagle_layers: list[int] = documented("eagle: target hidden states it reads (HF hidden_states indices; -1 = last)", factory=lambda: [-1])
+    suffix: SuffixConfig = documented("the suffix drafter (arms suffix and *+suffix; serve drafter.kind=suffix or drafter.with_suffix)", factory=SuffixConfig)
+    prompt_lookup: PromptLookupConfig = documented("the prompt lookup drafter (arm prompt_lookup; serve drafter.kind=prompt_lookup)", factory=PromptLookupConfig)
+    hybrid_min_suffix_score: float = documented(
+        "hybrids (*+suffix): use the suffix proposal when its expected accepted tokens (empirical frequencies) "
+        "reach this, else the learned draft's", 1.0)
+
+    def __post_init__(self) -> None:
+        if not self.hybrid_min_suffix_score > 0:
+            raise ValueError(f"drafter.hybrid_min_suffix_score={self.hybrid_min_suffix_score} must be > 0")
+
+
+def scratch_drafter(spec: DrafterSection, target: Target, world: World, seed: int) -> DraftPolicy:
+    """A freshly initialised drafter of the learned kind ``spec.kind``."""
+    if spec.kind == "eagle":
+        return EagleDrafter.from_target(target, seed=seed)
+    if spec.path:  # an external target: the given drafter's shape, re-initialised
+        template = load_drafter(spec.path, target)
+        return SmallLMDrafter.from_config(template.model.config, seed=seed)
+    return SmallLMDrafter.from_config(world.drafter_config(), seed=seed)
+
+
+def load_drafter(path: str | Path, target: Target) -> DraftPolicy:
+    """A saved aurora_rl drafter, or (small_lm) any HF causal LM directory."""
+    path = Path(path)
+    if not (path / POLICY_FILE).is_file():
+        return SmallLMDrafter(AutoModelForCausalLM.from_pretrained(str(path)))
+    if read_manifest(path)["kind"] == "eagle":
+        return EagleDrafter.from_pretrained(path, target)
+    return SmallLMDrafter.from_pretrained(path)
+
+
+def pretrained(spec: DrafterSection, target: Target, world: World, *, seed: int, distil: Distil,
+               cache_dir: str | None = None, precision: str | None = None, progress: bool = True) -> DraftPolicy:  # fmt: skip
+    """The static draft: ``spec.path`` if given, else trained offline on ``spec.pretrain_domains``.
+
+    small_lm: language-modelled on the world's text (cached on disk). eagle: a head has no
+    text-only form, so ``distil`` trains a fresh one on traces of those domains (it needs an
+    algorithm, a layer above this one: the caller passes it, see ``online.rounds.distiller``).
+    """
+    if spec.path:
+        return load_drafter(spec.path, target)
+    domains = tuple(spec.pretrain_domains) if spec.pretrain_domains else None
+    if spec.kind == "small_lm":
+        recipe = DrafterRecipe(domains=domains, steps=spec.pretrain_steps, seed=seed)
+        return pretrained_drafter(world, recipe, cache_dir, progress=progress, precision=precision)
+    return distil(scratch_drafter(spec, target, world, seed), domains)
+
+
+def model_free_drafter(spec: DrafterSection, kind: str, vocab_size: int) -> DraftPolicy:
+    """A training-free drafter with an empty memory: ``suffix`` or ``prompt_lookup``."""
+    if kind == "suffix":
+        return SuffixDrafter(vocab_size, spec.suffix)
+    if kind == "prompt_lookup":
+        return PromptLookupDrafter(vocab_size, spec.prompt_lookup)
+    raise ValueError(f"drafter kind {kind!r} is not one of {', '.join(MODEL_FREE_KINDS)}")
+
+
+def with_suffix(spec: DrafterSection, learned: DraftPolicy, vocab_size: int) -> HybridDrafter:
+    """``learned`` combined per step with a fresh suffix drafter."""
+    return HybridDrafter(learned, model_free_drafter(spec, "suffix", vocab_size), spec.hybrid_min_suffix_score)
+
+
+def build_drafter(spec: DrafterSection, target: Target, world: World, *, start: str, hybrid: bool, seed: int,
+                  pretrained: Callable[[], DraftPolicy]) -> DraftPolicy:  # fmt: skip
+    """The server's draft: ``spec.kind`` (training-free), or a learned draft that starts
+    ``pretrained`` (``pretrained()``) or ``scratch``, combined with the suffix drafter if ``hybrid``."""
+    if spec.kind in MODEL_FREE_KINDS:
+        return model_free_drafter(spec, spec.kind, target.vocab_size)
+    drafter = pretrained() if start == "pretrained" else scratch_drafter(spec, target, world, seed)
+    return with_suffix(spec, drafter, target.vocab_size) if hybrid else drafter
