@@ -24,8 +24,8 @@ import torch
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
 from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter
-from aurora_rl.serving.config import EngineSection
-from aurora_rl.serving.engine import Engine, GenerationRequest
+from aurora_rl.runtime.config import EngineSection
+from aurora_rl.runtime.engine import Engine, GenerationRequest
 from aurora_rl.world import get_world
 from aurora_rl.world.traffic import make_traffic
 

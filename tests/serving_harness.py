@@ -17,10 +17,10 @@ import uvicorn
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
 from aurora_rl.policies.small_lm import SmallLMDrafter
-from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
-from aurora_rl.serving.http import uvicorn_config
+from aurora_rl.runtime.config import EngineSection, ServerSection, SnapshotSection
+from aurora_rl.runtime.http import uvicorn_config
 from aurora_rl.online.learner import LearnerConfig
-from aurora_rl.serving.server import Server, build_server
+from aurora_rl.runtime.server import Server, build_server
 from aurora_rl.world import get_world
 
 MODEL = "aurora-tiny"

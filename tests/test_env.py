@@ -185,8 +185,8 @@ def test_env_trace_equals_engine_trace_and_vector_copies_share_one_target():
     from aurora_rl.core.spec import DecodeConfig
     from aurora_rl.envs.sources import load_env_sources
     from aurora_rl.envs.spec_decode import SpecDecodeEnv
-    from aurora_rl.serving.config import EngineSection
-    from aurora_rl.serving.engine import Engine, GenerationRequest
+    from aurora_rl.runtime.config import EngineSection
+    from aurora_rl.runtime.engine import Engine, GenerationRequest
 
     sources = load_env_sources("tiny", None, None, None)
     envs = [SpecDecodeEnv(k=3, max_new_tokens=32, sources=sources) for _ in range(2)]

@@ -17,17 +17,18 @@ LAYER = {
     "algos": 3,
     "envs": 4,
     "online": 4,
-    "serving": 5,
+    "runtime": 5,
+    "serving": 5,  # deprecated alias of runtime/ and online/ (aurora_rl/serving/__init__.py)
     "train": 6,
     "serve": 7,
 }
 # Extra rules beyond the ordering.
 FORBIDDEN = {
     "policies": {"gymnasium"},
-    "algos": {"gymnasium", "aurora_rl.envs", "aurora_rl.online", "aurora_rl.serving", "torch.utils.tensorboard"},
+    "algos": {"gymnasium", "aurora_rl.envs", "aurora_rl.online", "aurora_rl.runtime", "torch.utils.tensorboard"},
     "online": {"gymnasium", "aurora_rl.envs", "fastapi", "torch.utils.tensorboard"},
-    "envs": {"aurora_rl.online"},
-    "serving": {"gymnasium", "aurora_rl.envs"},
+    "envs": {"aurora_rl.online", "aurora_rl.runtime"},
+    "runtime": {"gymnasium", "aurora_rl.envs"},
     "core": {"gymnasium"},
 }
 
@@ -70,3 +71,18 @@ def test_imports_point_downward(path):
 def test_every_package_is_classified():
     packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     assert packages <= set(LAYER), f"unclassified: {packages - set(LAYER)}"
+
+
+def test_the_old_serving_names_still_import_with_a_deprecation_warning():
+    import importlib
+    import sys
+
+    for name in [m for m in sys.modules if m == "aurora_rl.serving" or m.startswith("aurora_rl.serving.")]:
+        del sys.modules[name]
+    with pytest.warns(DeprecationWarning, match="aurora_rl.serving is deprecated"):
+        old = importlib.import_module("aurora_rl.serving.engine")
+    from aurora_rl.online.publish import LivePolicy
+    from aurora_rl.runtime.engine import Engine
+
+    assert old.Engine is Engine
+    assert importlib.import_module("aurora_rl.serving.publish").LivePolicy is LivePolicy

@@ -10,7 +10,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aurora_rl.serving.chat import plain_transcript
+from aurora_rl.runtime.chat import plain_transcript
 from serving_harness import MODEL, greedy, serving, text_of, tiny, tiny_server, wait_for
 
 PROMPTS = [

@@ -14,11 +14,11 @@ import aurora_rl.core.spec as spec_module
 from aurora_rl.core.spec import DecodeConfig, speculate_batch
 from aurora_rl.core.target import Target
 from aurora_rl.policies.small_lm import SmallLMDrafter
-from aurora_rl.serving.chat import PLAIN_STOP, format_chat, plain_transcript
-from aurora_rl.serving import engine as engine_module
-from aurora_rl.serving.config import EngineSection
-from aurora_rl.serving.detokenize import IncrementalDetokenizer
-from aurora_rl.serving.engine import SHUTTING_DOWN, Engine, EngineClosed, EngineFull, GenerationRequest
+from aurora_rl.runtime.chat import PLAIN_STOP, format_chat, plain_transcript
+from aurora_rl.runtime import engine as engine_module
+from aurora_rl.runtime.config import EngineSection
+from aurora_rl.runtime.detokenize import IncrementalDetokenizer
+from aurora_rl.runtime.engine import SHUTTING_DOWN, Engine, EngineClosed, EngineFull, GenerationRequest
 from conftest import make_llama, perturbed_copy
 from serving_harness import tiny
 

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from aurora_rl.serving.config import EngineSection, ServerSection
+from aurora_rl.runtime.config import EngineSection, ServerSection
 from serving_harness import MODEL, greedy, serving, text_of, tiny, tiny_server, wait_for
 
 LIMITS = ServerSection(max_body_bytes=16_384, max_prompt_tokens=400, max_tokens=256)

@@ -17,15 +17,15 @@ import torch
 
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
-import aurora_rl.serving.follow as follow_module
+import aurora_rl.runtime.follow as follow_module
 from aurora_rl.serve.__main__ import main as serve_main
-from aurora_rl.serving.config import EngineSection, SnapshotSection
-from aurora_rl.serving.follow import LOCAL_VERSION, SnapshotFollower, follow_and_learn_error
+from aurora_rl.runtime.config import EngineSection, SnapshotSection
+from aurora_rl.runtime.follow import LOCAL_VERSION, SnapshotFollower, follow_and_learn_error
 from aurora_rl.online.snapshots import load_snapshot
 from aurora_rl.online.learner import LearnerConfig
 from aurora_rl.online.publish import LivePolicy
 from aurora_rl.online.snapshots import SnapshotStore
-from aurora_rl.serving.server import build_server
+from aurora_rl.runtime.server import build_server
 from serving_harness import MODEL, expected_text, metric, noisy_drafter, serving, tiny, wait_for
 from serving_harness import complete as harness_complete
 
@@ -100,7 +100,7 @@ def test_a_follower_swaps_in_a_version_another_process_writes_mid_stream(tmp_pat
 
 
 def test_unusable_snapshots_are_skipped_and_a_later_good_one_is_picked_up(tmp_path, caplog, monkeypatch):
-    caplog.set_level(logging.WARNING, logger="aurora_rl.serving.follow")
+    caplog.set_level(logging.WARNING, logger="aurora_rl.runtime.follow")
     loads = []
     monkeypatch.setattr(follow_module, "load_snapshot", lambda path, *args: loads.append(path.name) or load_snapshot(path, *args))
     _, model = tiny()

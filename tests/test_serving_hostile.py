@@ -10,7 +10,7 @@ import threading
 import httpx
 import pytest
 
-from aurora_rl.serving.config import EngineSection, ServerSection
+from aurora_rl.runtime.config import EngineSection, ServerSection
 from serving_harness import MODEL, expected_text, serving, tiny, tiny_server, wait_for
 
 GOOD = {"model": MODEL, "prompt": "def add(a, b):", "max_tokens": 16, "temperature": 0}

@@ -12,9 +12,9 @@ from aurora_rl.policies.hybrid import HybridDrafter
 from aurora_rl.policies.prompt_lookup import PromptLookupDrafter
 from aurora_rl.policies.suffix import SuffixDrafter
 from aurora_rl.serve.__main__ import main as serve_main
-from aurora_rl.serving.config import EngineSection, SnapshotSection
+from aurora_rl.runtime.config import EngineSection, SnapshotSection
 from aurora_rl.online.learner import LearnerConfig
-from aurora_rl.serving.server import build_server
+from aurora_rl.runtime.server import build_server
 from serving_harness import MODEL, complete, expected_text, noisy_drafter, serving, tiny, wait_for
 
 PROMPTS = ["def add(a, b):", "SELECT name", "The river", "Q: 3 + 4 =", "def mul(a, b):", "SELECT city"]

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from aurora_rl.core.target import Target
-from aurora_rl.serving.follow import SnapshotFollower
+from aurora_rl.runtime.follow import SnapshotFollower
 from aurora_rl.online.learner import LearnerConfig
 from aurora_rl.online.publish import LivePolicy
 from aurora_rl.online.snapshots import SnapshotStore
@@ -50,11 +50,11 @@ def test_a_garbage_latest_json_resumes_the_newest_good_version_naming_the_file(t
 def test_a_truncated_newest_version_falls_back_to_the_one_before(tmp_path, caplog):
     write_versions(tmp_path, 1, 2)
     truncate(tmp_path / "v000002")
-    caplog.set_level(logging.INFO, logger="aurora_rl.serving.follow")
+    caplog.set_level(logging.INFO, logger="aurora_rl.runtime.follow")
     _, model = tiny()
     follower = SnapshotFollower(tmp_path, Target(model), "small_lm", interval=1.0)
     assert follower.initial(noisy_drafter(model, 0.2, 1)).version == 1  # not the untrained local draft
-    messages = [r.message for r in caplog.records if r.name == "aurora_rl.serving.follow"]
+    messages = [r.message for r in caplog.records if r.name == "aurora_rl.runtime.follow"]
     assert any("skipped v2: SafetensorError: " in m for m in messages), messages
     assert any(m.endswith("starting with v1 (passed over 1 unusable: see above)") for m in messages), messages
 
@@ -116,7 +116,7 @@ def test_a_failed_snapshot_write_degrades_health_until_writing_works_again(tmp_p
 
 
 def test_a_follower_refuses_implausible_versions_and_keeps_following(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="aurora_rl.serving.follow")
+    caplog.set_level(logging.WARNING, logger="aurora_rl.runtime.follow")
     _, model = tiny()
     store = SnapshotStore(tmp_path)
     store.save(noisy_drafter(model, scale=0.2, seed=1, version=5))

@@ -40,8 +40,8 @@ from aurora_rl.online.rounds import distiller
 from aurora_rl.policies import factory
 from aurora_rl.serve.config import describe, load_config, to_yaml
 from aurora_rl.settings import config_from_cli
-from aurora_rl.serving import http
-from aurora_rl.serving.server import build_server
+from aurora_rl.runtime import http
+from aurora_rl.runtime.server import build_server
 from aurora_rl.train.config import OfflineSection, TrafficSection
 from aurora_rl.train.controllers import configured_controller
 from aurora_rl.world import get_world

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from omegaconf import OmegaConf
 
 from aurora_rl.algos.config import AlgoConfig
-from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
-from aurora_rl.serving.follow import follow_and_learn_error
+from aurora_rl.runtime.config import EngineSection, ServerSection, SnapshotSection
+from aurora_rl.runtime.follow import follow_and_learn_error
 from aurora_rl.online.learner import LearnerConfig
 from aurora_rl.policies.factory import DRAFTER_KINDS, LEARNED_KINDS, MODEL_FREE_KINDS, DrafterSection
 from aurora_rl.train.config import DecodeSection, WorldSection, check_suffix_depth

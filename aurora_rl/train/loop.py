@@ -5,7 +5,7 @@
     learner round when ``train_every`` traces have arrived (sync mode)
     record the requests that finished
 
-The arms decode through :class:`~aurora_rl.serving.engine.Engine` exactly as the server does,
+The arms decode through :class:`~aurora_rl.runtime.engine.Engine` exactly as the server does,
 so an arm's tokens/s is the server's. Wall-clock is measured per engine step and shared
 equally among the rows it advanced, so per-request seconds add up to the arm's decode time;
 a sync learner round runs between steps and is timed apart (as if it had its own device).
@@ -22,8 +22,8 @@ from accelerate import Accelerator
 from tqdm import tqdm
 
 from aurora_rl.core.trace import Trace
-from aurora_rl.serving.config import EngineSection
-from aurora_rl.serving.engine import Engine, EngineOutput, GenerationRequest
+from aurora_rl.runtime.config import EngineSection
+from aurora_rl.runtime.engine import Engine, EngineOutput, GenerationRequest
 from aurora_rl.online.learning import OnlineLearning
 from aurora_rl.online.publish import LivePolicy
 from aurora_rl.train.arms import Setting, arm_controller, initial_drafter

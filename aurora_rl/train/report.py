@@ -14,7 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from aurora_rl.core.buffer import BufferStats
 from aurora_rl.core.trace import Trace
-from aurora_rl.serving.engine import RequestStats
+from aurora_rl.runtime.engine import RequestStats
 from aurora_rl.world.traffic import Phase, Request
 
 

@@ -17,8 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aurora_rl.serving.metrics import ServingMetrics
-from aurora_rl.serving.protocol import APIError
+from aurora_rl.runtime.metrics import ServingMetrics
+from aurora_rl.runtime.protocol import APIError
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import threading
 
 import uvicorn
 
-from aurora_rl.serving.config import ServerSection
-from aurora_rl.serving.server import Server
+from aurora_rl.runtime.config import ServerSection
+from aurora_rl.runtime.server import Server
 
 # Time after the drain for the cancelled requests' final events to be written.
 DRAIN_GRACE_SECONDS = 5.0

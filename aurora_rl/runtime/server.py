@@ -24,12 +24,12 @@ from aurora_rl.algos import AlgoConfig
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
-from aurora_rl.serving.api import create_app
-from aurora_rl.serving.config import EngineSection, ServerSection, SnapshotSection
-from aurora_rl.serving.engine import Engine
-from aurora_rl.serving.follow import SnapshotFollower, follow_and_learn_error
+from aurora_rl.runtime.api import create_app
+from aurora_rl.runtime.config import EngineSection, ServerSection, SnapshotSection
+from aurora_rl.runtime.engine import Engine
+from aurora_rl.runtime.follow import SnapshotFollower, follow_and_learn_error
 from aurora_rl.online.learner import LearnerConfig
-from aurora_rl.serving.metrics import ServingMetrics
+from aurora_rl.runtime.metrics import ServingMetrics
 from aurora_rl.online.learning import OnlineLearning
 from aurora_rl.online.publish import LivePolicy
 from aurora_rl.online.snapshots import SnapshotStore, newest_good
@@ -75,7 +75,7 @@ def build_server(
 
     With ``snapshots.follow`` the server learns nothing and writes no snapshots: it serves
     the versions another process writes to that directory (``drafter`` only serves until
-    the first one is there; see :mod:`aurora_rl.serving.follow`).
+    the first one is there; see :mod:`aurora_rl.runtime.follow`).
     """
     follower, store, resumed = None, None, None
     if snapshots.follow:

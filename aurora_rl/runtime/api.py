@@ -28,17 +28,17 @@ from starlette.exceptions import HTTPException
 from transformers import PreTrainedTokenizerBase
 
 from aurora_rl.core.sampling import SamplingParams
-from aurora_rl.serving.chat import format_chat
-from aurora_rl.serving.config import ServerSection
-from aurora_rl.serving.engine import Engine, GenerationRequest, RequestStats
-from aurora_rl.serving.follow import SnapshotFollower
-from aurora_rl.serving.generation import ClientGone, Piece, Submission, text_pieces, unless_disconnected
-from aurora_rl.serving.metrics import ServingMetrics, health_problems
-from aurora_rl.serving.middleware import (
+from aurora_rl.runtime.chat import format_chat
+from aurora_rl.runtime.config import ServerSection
+from aurora_rl.runtime.engine import Engine, GenerationRequest, RequestStats
+from aurora_rl.runtime.follow import SnapshotFollower
+from aurora_rl.runtime.generation import ClientGone, Piece, Submission, text_pieces, unless_disconnected
+from aurora_rl.runtime.metrics import ServingMetrics, health_problems
+from aurora_rl.runtime.middleware import (
     BodyLimit, CatchAll, CountRequests, HeaderLimit, ReadTimeout, RequireJSON, RequireKey, error_response,
 )  # fmt: skip
 from aurora_rl.online.learning import OnlineLearning
-from aurora_rl.serving.protocol import (
+from aurora_rl.runtime.protocol import (
     APIError, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse,
     ChatDelta, ChatMessageOut, CompletionChoice, CompletionRequest, CompletionResponse, ModelCard, ModelList,
     SpecDecodeStats, Usage, validation_error,

@@ -15,9 +15,9 @@ from typing import AsyncIterator, Awaitable, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
-from aurora_rl.serving.detokenize import IncrementalDetokenizer
-from aurora_rl.serving.engine import SHUTTING_DOWN, Engine, EngineClosed, EngineFull, EngineOutput, GenerationRequest, RequestStats
-from aurora_rl.serving.protocol import APIError
+from aurora_rl.runtime.detokenize import IncrementalDetokenizer
+from aurora_rl.runtime.engine import SHUTTING_DOWN, Engine, EngineClosed, EngineFull, EngineOutput, GenerationRequest, RequestStats
+from aurora_rl.runtime.protocol import APIError
 
 T = TypeVar("T")
 

@@ -38,7 +38,7 @@ LOCAL_VERSION = -1
 
 def follow_and_learn_error(directory: str) -> str:
     """The refusal of ``learn=true`` together with ``snapshots.follow`` (one wording for the
-    CLI's config check and for :func:`~aurora_rl.serving.server.build_server`)."""
+    CLI's config check and for :func:`~aurora_rl.runtime.server.build_server`)."""
     return (
         f"snapshots.follow={directory!r} and learn=true: a follower serves the versions another process's "
         "learner writes and does not learn itself; set learn=false to follow, or drop snapshots.follow to "

@@ -17,8 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from aurora_rl.core.trace import Trace
-from aurora_rl.serving.engine import Engine, RequestStats
-from aurora_rl.serving.follow import SnapshotFollower
+from aurora_rl.runtime.engine import Engine, RequestStats
+from aurora_rl.runtime.follow import SnapshotFollower
 from aurora_rl.online.learning import OnlineLearning
 from aurora_rl.online.publish import LivePolicy
 from aurora_rl.online.snapshots import SnapshotStore

@@ -34,8 +34,8 @@ from aurora_rl.core.ragged import batchable
 from aurora_rl.core.spec import BatchStepError, DecodeConfig, speculate_batch, start_decode
 from aurora_rl.core.target import Target
 from aurora_rl.core.trace import Trace
-from aurora_rl.serving.config import EngineSection
-from aurora_rl.serving.requests import (  # noqa: F401  (re-exported: the engine's public types)
+from aurora_rl.runtime.config import EngineSection
+from aurora_rl.runtime.requests import (  # noqa: F401  (re-exported: the engine's public types)
     SHUTTING_DOWN, EngineClosed, EngineFull, EngineOutput, GenerationRequest, RequestHandle, RequestStats, Sink,
     _Sequence,
 )
