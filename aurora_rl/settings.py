@@ -61,9 +61,23 @@ def check_paths(cfg, keys) -> None:
             raise ConfigError(f"{key}={value!r} does not exist: give an existing local path (or a hub id, online)")
 
 
-def parse_overrides(cls: type[Config], argv: list[str], command: str) -> Config:
+def parse_overrides(cls: type[Config], argv: list[str], command: str,
+                    validate: Callable[[Config], None] | None = None) -> Config:  # fmt: skip
     """``[--config FILE.yaml] [key=value ...]`` -> a ``cls`` instance (range-checked by its
-    ``__post_init__``s); any problem is a :class:`ConfigError` naming the key."""
+    ``__post_init__``s, then by ``validate`` for checks across fields); any problem is a
+    :class:`ConfigError` naming the key."""
+    cfg = _merge(cls, argv, command)
+    if validate is not None:
+        validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg) -> str:
+    """The resolved config, as written next to every run."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _merge(cls: type[Config], argv: list[str], command: str) -> Config:
     argv = list(argv)
     files = []
     while "--config" in argv:

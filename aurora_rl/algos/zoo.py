@@ -9,20 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from aurora_rl.algos import losses as L
 from aurora_rl.algos.base import Algorithm, weighted_mean
-from aurora_rl.algos.divergences import divergence, forward_kl
-from aurora_rl.algos.rl_losses import (
-    accept_discard_loss,
-    discard_positions_for,
-    expected_acceptance_loss,
-    first_rejected,
-    osd_loss,
-    per_position_baseline,
-    pg_positions,
-    policy_gradient_loss,
-    reward_to_go,
-    token_logprobs,
-)
 from aurora_rl.core.batch import TraceBatch
 
 
@@ -31,7 +19,7 @@ class Distillation(Algorithm):
 
     def loss(self, logits: torch.Tensor, batch: TraceBatch):
         kw = {"beta": self.config.beta} if self.config.name == "jsd" else {}
-        values = divergence(self.config.name, logits, batch.target_probs, batch.valid_mask, reduction="none", **kw)
+        values = L.divergence(self.config.name, logits, batch.target_probs, batch.valid_mask, reduction="none", **kw)
         return weighted_mean(values, batch.valid_mask, batch.weights), {}
 
 
@@ -41,12 +29,12 @@ class AcceptDiscard(Algorithm):
     def loss(self, logits: torch.Tensor, batch: TraceBatch):
         c = self.config
         kw = {"beta": c.beta} if c.divergence == "jsd" else {}
-        values = accept_discard_loss(
+        values = L.accept_discard_loss(
             logits, batch.target_probs, batch.proposed, batch.accept_mask, batch.valid_mask,
             c.lambda_discard, divergence=c.divergence, discard_term=c.discard_term, reduction="none", **kw,
         )
         accepted = (batch.accept_mask & batch.valid_mask).float()
-        discard = discard_positions_for(c.discard_term, batch.accept_mask, batch.valid_mask).float()
+        discard = L.discard_positions_for(c.discard_term, batch.accept_mask, batch.valid_mask).float()
         return weighted_mean(values, accepted + c.lambda_discard * discard, batch.weights), {}
 
 
@@ -56,8 +44,8 @@ class OnlineSpeculativeDecoding(Algorithm):
     def loss(self, logits: torch.Tensor, batch: TraceBatch):
         c = self.config
         kw = {"beta": c.beta} if c.divergence == "jsd" else {}
-        values = osd_loss(logits, batch.target_probs, batch.accept_mask, batch.valid_mask, c.divergence, reduction="none", **kw)
-        refused = first_rejected(batch.accept_mask, batch.valid_mask)
+        values = L.osd_loss(logits, batch.target_probs, batch.accept_mask, batch.valid_mask, c.divergence, reduction="none", **kw)
+        refused = L.first_rejected(batch.accept_mask, batch.valid_mask)
         return weighted_mean(values, refused, batch.weights), {}
 
 
@@ -69,16 +57,16 @@ class PolicyGradient(Algorithm):
 
     def loss(self, logits: torch.Tensor, batch: TraceBatch):
         c = self.config
-        logp = token_logprobs(logits, batch.proposed, batch.valid_mask)
-        returns = reward_to_go(batch.accept_mask, batch.valid_mask)
-        mask = pg_positions(batch.accept_mask, batch.valid_mask)
-        advantages = returns - per_position_baseline(returns, mask)
-        values = policy_gradient_loss(
+        logp = L.token_logprobs(logits, batch.proposed, batch.valid_mask)
+        returns = L.reward_to_go(batch.accept_mask, batch.valid_mask)
+        mask = L.pg_positions(batch.accept_mask, batch.valid_mask)
+        advantages = returns - L.per_position_baseline(returns, mask)
+        values = L.policy_gradient_loss(
             logp, batch.behavior_logprobs, advantages, mask, c.clip_eps, c.pg_mode, c.rho_max, reduction="none"
         )
         loss = weighted_mean(values, mask, batch.weights)
         if c.pg_kl_coef > 0:
-            anchor = forward_kl(logits, batch.target_probs, batch.valid_mask, reduction="none")
+            anchor = L.forward_kl(logits, batch.target_probs, batch.valid_mask, reduction="none")
             loss = loss + c.pg_kl_coef * weighted_mean(anchor, batch.valid_mask, batch.weights)
         return loss, {"losses/mean_return": float(returns[mask].mean()) if mask.any() else 0.0}
 
@@ -88,7 +76,7 @@ class ExpectedAcceptance(Algorithm):
     (``expected_acceptance_loss``, under each trace's own verification rule), trace-weighted."""
 
     def loss(self, logits: torch.Tensor, batch: TraceBatch):
-        per_trace = expected_acceptance_loss(
+        per_trace = L.expected_acceptance_loss(
             logits, batch.target_probs, batch.valid_mask, greedy=batch.temperature == 0, reduction="none"
         )  # (B,) minus each trace's expected acceptance rate
         has_valid = batch.valid_mask.any(-1, keepdim=True)

@@ -145,6 +145,15 @@ class BatchProposer(Protocol):
     ) -> list[Proposal]: ...
 
 
+class ProposesRowByRow:
+    """Mixin for a drafter with no forward pass to batch (the lookup drafters): its
+    :meth:`BatchProposer.propose_batch` runs each row's ``propose`` alone, in row order, so
+    the equivalence contract holds by construction."""
+
+    def propose_batch(self, sessions, ks, samplings, generators, min_confidences) -> list[Proposal]:
+        return [s.propose(*args) for s, *args in zip(sessions, ks, samplings, generators, min_confidences)]
+
+
 def unconfident(raw_logits: torch.Tensor, token: int, min_confidence: float | None) -> bool:
     """True if the draft's own temperature-1 probability of ``token`` is below the bar."""
     if min_confidence is None:

@@ -30,14 +30,18 @@ def write_manifest(directory: str | Path, kind: str, version: int, **extra) -> N
     (path / POLICY_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def read_manifest(directory: str | Path) -> dict:
+def read_manifest(directory: str | Path, kind: str | None = None) -> dict:
+    """The manifest of a saved drafter; with ``kind``, refuse a drafter of another kind."""
     path = Path(directory) / POLICY_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: {directory} is not a saved aurora_rl drafter "
             "(save one with policy.save_pretrained(directory))"
         )
-    return json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
+    if kind is not None and manifest["kind"] != kind:
+        raise ValueError(f"{directory} holds a {manifest['kind']!r} drafter, not {kind!r}")
+    return manifest
 
 
 def save_weights(module: torch.nn.Module, directory: str | Path) -> None:

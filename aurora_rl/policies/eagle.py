@@ -391,9 +391,7 @@ class EagleDrafter:
     @classmethod
     def from_pretrained(cls, directory: str | Path, target: Target) -> "EagleDrafter":
         """Load a saved head onto ``target`` (which must record the head's hidden layers)."""
-        manifest = read_manifest(directory)
-        if manifest["kind"] != cls.kind:
-            raise ValueError(f"{directory} holds a {manifest['kind']!r} drafter, not {cls.kind!r}")
+        manifest = read_manifest(directory, cls.kind)
         config = EagleConfig.load(directory)
         check_target_layers(config.hidden_layers, target)
         drafter = cls(EagleHead(config).to(target.model.dtype), target.model, manifest["version"])

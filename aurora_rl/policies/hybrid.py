@@ -173,9 +173,7 @@ class HybridDrafter:
     @classmethod
     def from_pretrained(cls, directory: str | Path, load_learned) -> "HybridDrafter":
         """``load_learned(path)`` loads the learned part (it knows the target an EAGLE head needs)."""
-        manifest = read_manifest(directory)
-        if manifest["kind"] != cls.kind:
-            raise ValueError(f"{directory} holds a {manifest['kind']!r} drafter, not {cls.kind!r}")
+        manifest = read_manifest(directory, cls.kind)
         learned = load_learned(Path(directory) / LEARNED_DIR)
         suffix = SuffixDrafter.from_pretrained(Path(directory) / SUFFIX_DIR)
         return cls(learned, suffix, manifest["min_suffix_score"], manifest["version"])

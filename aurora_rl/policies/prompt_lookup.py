@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from aurora_rl.core.draft import Proposal, StopRule, stop_drafting_on_counts
+from aurora_rl.core.draft import Proposal, ProposesRowByRow, StopRule, stop_drafting_on_counts
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.policies.checkpoint import read_manifest, write_manifest
 
@@ -83,7 +82,7 @@ class PromptLookupSession:
         self._proposed = []
 
 
-class PromptLookupDrafter:
+class PromptLookupDrafter(ProposesRowByRow):
     """N-gram lookup within each request; stateless across requests (nothing to save but
     its config)."""
 
@@ -98,16 +97,6 @@ class PromptLookupDrafter:
     def start(self, context_ids: torch.Tensor, target_hidden: torch.Tensor | None = None) -> PromptLookupSession:
         return PromptLookupSession(self.config, self.vocab_size, context_ids)
 
-    def propose_batch(
-        self,
-        sessions: Sequence[PromptLookupSession],
-        ks: Sequence[int],
-        samplings: Sequence[SamplingParams],
-        generators: Sequence[torch.Generator | None],
-        min_confidences: Sequence[StopRule],
-    ) -> list[Proposal]:
-        return [s.propose(*args) for s, *args in zip(sessions, ks, samplings, generators, min_confidences)]
-
     def clone(self, version: int | None = None) -> "PromptLookupDrafter":
         return PromptLookupDrafter(self.vocab_size, self.config, self.version if version is None else version)
 
@@ -117,7 +106,5 @@ class PromptLookupDrafter:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "PromptLookupDrafter":
-        m = read_manifest(directory)
-        if m["kind"] != cls.kind:
-            raise ValueError(f"{directory} holds a {m['kind']!r} drafter, not {cls.kind!r}")
+        m = read_manifest(directory, cls.kind)
         return cls(m["vocab_size"], PromptLookupConfig(m["max_ngram"], m["min_ngram"]), m["version"])

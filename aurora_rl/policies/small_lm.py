@@ -190,9 +190,7 @@ class SmallLMDrafter:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "SmallLMDrafter":
-        manifest = read_manifest(directory)
-        if manifest["kind"] != cls.kind:
-            raise ValueError(f"{directory} holds a {manifest['kind']!r} drafter, not {cls.kind!r}")
+        manifest = read_manifest(directory, cls.kind)
         config = AutoConfig.from_pretrained(str(directory))
         model = AutoModelForCausalLM.from_config(config)
         load_weights_strict(model, directory)

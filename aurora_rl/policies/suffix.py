@@ -32,7 +32,7 @@ from typing import Sequence
 
 import torch
 
-from aurora_rl.core.draft import Proposal, StopRule
+from aurora_rl.core.draft import Proposal, ProposesRowByRow, StopRule
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.policies.checkpoint import read_manifest, write_manifest
 from aurora_rl.policies.suffix_index import SuffixIndex
@@ -128,7 +128,7 @@ class SuffixSession:
         self._proposed = []
 
 
-class SuffixDrafter:
+class SuffixDrafter(ProposesRowByRow):
     """A training-free drafter over a global trie of served outputs (see the module doc).
 
     Args:
@@ -152,17 +152,6 @@ class SuffixDrafter:
     def start(self, context_ids: torch.Tensor, target_hidden: torch.Tensor | None = None) -> SuffixSession:
         return SuffixSession(self, context_ids)
 
-    def propose_batch(
-        self,
-        sessions: Sequence[SuffixSession],
-        ks: Sequence[int],
-        samplings: Sequence[SamplingParams],
-        generators: Sequence[torch.Generator | None],
-        min_confidences: Sequence[StopRule],
-    ) -> list[Proposal]:
-        """No forward pass to batch: each row proposes alone, in row order."""
-        return [s.propose(*args) for s, *args in zip(sessions, ks, samplings, generators, min_confidences)]
-
     def add_output(self, seq_id: int, tokens: Sequence[int]) -> None:
         with self.lock:
             self.index.extend(seq_id, tokens)
@@ -185,9 +174,7 @@ class SuffixDrafter:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "SuffixDrafter":
-        manifest = read_manifest(directory)
-        if manifest["kind"] != cls.kind:
-            raise ValueError(f"{directory} holds a {manifest['kind']!r} drafter, not {cls.kind!r}")
+        manifest = read_manifest(directory, cls.kind)
         state = json.loads((Path(directory) / INDEX_FILE).read_text())
         config = SuffixConfig(**state["config"])
         index = SuffixIndex(config.max_depth, config.max_cached_tokens)

@@ -211,15 +211,23 @@ class CompletionChoice(BaseModel):
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class CompletionResponse(BaseModel):
+class _Envelope(BaseModel):
+    """The fields every completion object carries, in the order OpenAI writes them; each
+    response type narrows ``object``, ``choices`` and ``usage``."""
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
+    object: str
     created: int
     model: str
     system_fingerprint: str | None = None
-    choices: list[CompletionChoice]
+    choices: list
     usage: Usage | None = None
     spec_decode: SpecDecodeStats | None = None
+
+
+class CompletionResponse(_Envelope):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
 
 
 class ChatMessageOut(BaseModel):
@@ -234,15 +242,10 @@ class ChatChoice(BaseModel):
     finish_reason: Literal["stop", "length"]
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatCompletionResponse(_Envelope):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
     choices: list[ChatChoice]
     usage: Usage
-    spec_decode: SpecDecodeStats | None = None
 
 
 class ChatDelta(BaseModel):
@@ -257,15 +260,9 @@ class ChatChunkChoice(BaseModel):
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_Envelope):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str | None = None
     choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-    spec_decode: SpecDecodeStats | None = None
 
 
 class ModelCard(BaseModel):

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from omegaconf import OmegaConf
-
 from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.runtime.config import EngineSection, ServerSection, SnapshotSection
 from aurora_rl.runtime.follow import follow_and_learn_error
 from aurora_rl.online.learner import LearnerConfig
 from aurora_rl.policies.factory import DRAFTER_KINDS, LEARNED_KINDS, MODEL_FREE_KINDS, DrafterSection
 from aurora_rl.train.config import DecodeSection, WorldSection, check_suffix_depth
+from aurora_rl import settings
 from aurora_rl.settings import ConfigError, check_paths, documented, parse_overrides
 from aurora_rl.settings import describe as describe_fields
 
@@ -92,12 +91,10 @@ def validate(cfg: ServeConfig) -> None:
 
 
 def load_config(argv: list[str]) -> ServeConfig:
-    cfg = parse_overrides(ServeConfig, argv, "python -m aurora_rl.serve")
-    validate(cfg)
-    return cfg
+    return parse_overrides(ServeConfig, argv, "python -m aurora_rl.serve", validate)
 
 
 def to_yaml(cfg: ServeConfig) -> str:
     """The resolved config, with the API key (if any) redacted."""
     redacted = replace(cfg, server=replace(cfg.server, api_key="***" if cfg.server.api_key else None))
-    return OmegaConf.to_yaml(OmegaConf.structured(redacted))
+    return settings.to_yaml(redacted)

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.spec import DecodeConfig
@@ -21,7 +19,7 @@ from aurora_rl.online.learner import LearnerConfig
 from aurora_rl.train.controllers import CONTROLLERS
 from aurora_rl.world.precision import PRECISIONS
 from aurora_rl.world.traffic import SCHEDULES
-from aurora_rl.settings import ConfigError, check_paths, documented, parse_overrides
+from aurora_rl.settings import ConfigError, check_paths, documented, parse_overrides, to_yaml  # noqa: F401  (to_yaml re-exported)
 from aurora_rl.settings import describe as describe_fields
 
 ARMS = {
@@ -206,10 +204,4 @@ def check_suffix_depth(suffix: SuffixConfig, k: int) -> None:
 
 def load_config(argv: list[str]) -> TrainConfig:
     """``[--config FILE.yaml] [key=value ...]`` -> a validated ``TrainConfig``."""
-    cfg = parse_overrides(TrainConfig, argv, "python -m aurora_rl.train")
-    validate(cfg)
-    return cfg
-
-
-def to_yaml(cfg: TrainConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return parse_overrides(TrainConfig, argv, "python -m aurora_rl.train", validate)
