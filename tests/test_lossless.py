@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 
 import aurora_rl.core.spec as spec_module
-from aurora_rl.core.acceptance import Verdict
+from aurora_rl.core.acceptance import Verdict, rejection_verdict
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.sampling import SamplingParams, probs_from_logits
 from aurora_rl.core.spec import DecodeConfig
@@ -149,7 +149,7 @@ def test_sampled_output_has_the_target_distribution(sampling):
 
 def residual_ignoring_rule(proposed, draft_probs, target_probs, generator):
     """A classic bug: on rejection, resample from p instead of norm(max(0, p - q))."""
-    correct = spec_module.__dict__["_real_rejection_verdict"](proposed, draft_probs, target_probs, generator)
+    correct = rejection_verdict(proposed, draft_probs, target_probs, generator)
     rows = torch.arange(proposed.shape[0])
     p_next = target_probs[rows, correct.num_accepted]
     resampled = torch.multinomial(p_next, 1, generator=generator).squeeze(1)
@@ -166,7 +166,6 @@ def test_the_distribution_test_detects_a_broken_rule(monkeypatch):
     sampling = SamplingParams(temperature=1.0)
     target_model, draft_model = peaked_llama(seed=3), peaked_llama(seed=4)
     prompt = torch.tensor([0, 3, 2])
-    monkeypatch.setitem(spec_module.__dict__, "_real_rejection_verdict", spec_module.rejection_verdict)
     monkeypatch.setattr(spec_module, "rejection_verdict", residual_ignoring_rule)
     counts = sample_speculatively(target_model, draft_model, prompt, sampling, samples=BROKEN_RULE_SAMPLES)
     pvalue, _ = chi_square_test(counts, exact_distribution(target_model, prompt, sampling))

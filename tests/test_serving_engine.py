@@ -10,12 +10,10 @@ import torch
 
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.sampling import SamplingParams
-import aurora_rl.core.spec as spec_module
 from aurora_rl.core.spec import DecodeConfig, speculate_batch
 from aurora_rl.core.target import Target
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.runtime.chat import PLAIN_STOP, format_chat, plain_transcript
-from aurora_rl.runtime import engine as engine_module
 from aurora_rl.runtime.config import EngineSection
 from aurora_rl.runtime.detokenize import IncrementalDetokenizer
 from aurora_rl.runtime.engine import SHUTTING_DOWN, Engine, EngineClosed, EngineFull, GenerationRequest
@@ -75,24 +73,23 @@ def tokens(items):
     return [t for output in items for t in output.token_ids]
 
 
-def spy_on_batched_steps(monkeypatch) -> list[int]:
-    """Record the number of requests of every batched step the engine takes."""
+def recording_step():
+    """An engine ``step`` (the public seam) that records the rows of every batched step."""
     sizes = []
 
     def recording(policy, target, states, configs, generators):
         sizes.append(len(states))
         return speculate_batch(policy, target, states, configs, generators)
 
-    monkeypatch.setattr(engine_module, "speculate_batch", recording)
-    return sizes
+    return recording, sizes
 
 
 @pytest.mark.parametrize("max_batch", [1, 3])
-def test_interleaved_requests_each_equal_decoding_alone(models, max_batch, monkeypatch):
+def test_interleaved_requests_each_equal_decoding_alone(models, max_batch):
     target, draft = models
     section = EngineSection(max_active=3, max_batch=max_batch, keep_request_traces=16)
-    engine = Engine(target, draft, DecodeConfig(k=3), [EOS], section)
-    batch_sizes = spy_on_batched_steps(monkeypatch)
+    step, batch_sizes = recording_step()
+    engine = Engine(target, draft, DecodeConfig(k=3), [EOS], section, step=step)
     order = []
     engine.add_trace_listener(lambda trace: order.append(trace.request_id))
     requests = [GenerationRequest(f"r{i}", p, 24) for i, p in enumerate(prompts(7))]
@@ -116,13 +113,13 @@ def test_interleaved_requests_each_equal_decoding_alone(models, max_batch, monke
         assert engine.verify_forwards < total_steps / 2  # most steps shared a forward pass
 
 
-def test_seeded_sampling_equals_decoding_alone_with_the_same_seed(models, monkeypatch):
+def test_seeded_sampling_equals_decoding_alone_with_the_same_seed(models):
     """Batched with whichever requests happen to be in flight, a seeded request still
     draws exactly what it draws alone."""
     target, draft = models
     sampling = SamplingParams(temperature=1.0, top_k=20)
-    engine = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=4))
-    batch_sizes = spy_on_batched_steps(monkeypatch)
+    step, batch_sizes = recording_step()
+    engine = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=4), step=step)
     requests = [GenerationRequest(f"s{i}", p, 20, sampling, seed=100 + i) for i, p in enumerate(prompts(5, seed=1))]
     collected = drive(engine, requests)
     alone = SpeculativeDecoder(target, draft, DecodeConfig(k=3, sampling=sampling), [EOS])
@@ -187,23 +184,15 @@ def test_closing_drains_requests_in_flight(models):
         assert items[-1].stats.finish_reason in ("eos", "length") and all(o.error is None for o in items)
 
 
-def test_cancel_stops_a_request_and_a_failing_step_fails_only_its_request(models, monkeypatch):
+def test_cancel_stops_a_request_and_a_failing_step_fails_only_its_request(models):
     target, draft = models
-    engine = Engine(target, draft, DecodeConfig(k=2), [EOS], EngineSection(max_active=4))
-    original = SpeculativeDecoder.step
 
-    def step(self, state, generator=None):
-        if state.request_id == "boom" and state.steps == 1:
-            raise RuntimeError("simulated kernel failure")
-        return original(self, state, generator)
-
-    def batched_step(policy, target, states, configs, generators):  # fails the batch boom is in
+    def batched_step(policy, target, states, configs, generators):  # fails the batch boom is in, and boom alone
         if any(state.request_id == "boom" and state.steps == 1 for state in states):
             raise RuntimeError("simulated kernel failure")
         return speculate_batch(policy, target, states, configs, generators)
 
-    monkeypatch.setattr(SpeculativeDecoder, "step", step)
-    monkeypatch.setattr(engine_module, "speculate_batch", batched_step)
+    engine = Engine(target, draft, DecodeConfig(k=2), [EOS], EngineSection(max_active=4), step=batched_step)
     engine.add_trace_listener(lambda trace: 1 / 0)  # a broken listener must not stop decoding either
     cancelled_q, stopped_q, boom_q, fine_q = queue.Queue(), queue.Queue(), queue.Queue(), queue.Queue()
     handle = engine.submit(GenerationRequest("cancelled", (5, 6, 7), 200), cancelled_q.put)
@@ -240,19 +229,37 @@ def collect(engine, requests):
         engine.close()
 
 
-def test_a_row_failing_inside_a_batched_step_fails_alone(models, monkeypatch):
+class FailingCommits:
+    """A drafter (the public DraftPolicy seam) whose sessions on ``bad_prompt`` raise at
+    their ``fail_at``-th commit: a row failing while the batched step settles it."""
+
+    def __init__(self, drafter, bad_prompt, fail_at: int) -> None:
+        self.drafter, self.bad_prompt, self.fail_at = drafter, list(bad_prompt), fail_at
+        self.version, self.vocab_size = drafter.version, drafter.vocab_size
+        self.uses_target_features = drafter.uses_target_features
+
+    def start(self, context_ids, target_hidden=None):
+        session = self.drafter.start(context_ids, target_hidden)
+        if context_ids.tolist() != self.bad_prompt:
+            return session
+        commits, commit = [0], session.commit
+
+        def failing_commit(*args):
+            commits[0] += 1
+            if commits[0] == self.fail_at:
+                raise FloatingPointError("simulated NaN distribution")
+            return commit(*args)
+
+        session.commit = failing_commit
+        return session
+
+
+def test_a_row_failing_inside_a_batched_step_fails_alone(models):
     """The batch's forward ran and the other rows settled: they stream on, losslessly."""
     target, draft = models
-    original = spec_module._settle
-
-    def settle(state, *args):
-        if state.request_id == "bad" and state.steps == 2:
-            raise FloatingPointError("simulated NaN distribution")
-        return original(state, *args)
-
-    monkeypatch.setattr(spec_module, "_settle", settle)
-    engine = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=4))
     requests = [GenerationRequest(name, p, 24) for name, p in zip(["a", "bad", "b"], prompts(3, seed=4))]
+    failing = FailingCommits(draft, requests[1].prompt_ids, fail_at=3)
+    engine = Engine(target, failing, DecodeConfig(k=3), [EOS], EngineSection(max_active=4))
     collected = collect(engine, requests)
     assert collected["bad"][-1].error == "decoding failed: FloatingPointError: simulated NaN distribution"
     assert collected["bad"][-1].stats.finish_reason == "error"
@@ -263,21 +270,22 @@ def test_a_row_failing_inside_a_batched_step_fails_alone(models, monkeypatch):
             assert collected[r.request_id][-1].error is None
 
 
-def test_a_failed_batch_is_retried_with_the_same_seeded_draws(models, monkeypatch):
+def test_a_failed_batch_is_retried_with_the_same_seeded_draws(models):
     """The failed step already drew proposals with each request's generator; the retry
     rewinds them, so seeded sampled outputs still equal decoding alone."""
     target, draft = models
-    original, failures = spec_module.verify_batch, []
+    failures = []
 
-    def verify_batch(*args, **kwargs):
+    def failing_once(policy, target, states, configs, generators):
         if not failures:
             failures.append(1)
+            for generator in generators:  # the draws a step makes before it fails
+                torch.rand(3, generator=generator)
             raise RuntimeError("simulated out of memory")
-        return original(*args, **kwargs)
+        return speculate_batch(policy, target, states, configs, generators)
 
-    monkeypatch.setattr(spec_module, "verify_batch", verify_batch)
     sampling = SamplingParams(temperature=1.0)
-    engine = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=4))
+    engine = Engine(target, draft, DecodeConfig(k=3), [EOS], EngineSection(max_active=4), step=failing_once)
     requests = [GenerationRequest(f"s{i}", p, 20, sampling, seed=7 + i) for i, p in enumerate(prompts(4, seed=6))]
     outputs = submit_all(engine, requests)  # queued before the worker starts: the first step batches all 4
     engine.start()
@@ -292,17 +300,22 @@ def test_a_failed_batch_is_retried_with_the_same_seeded_draws(models, monkeypatc
         assert tokens(collected[r.request_id]) == expected and collected[r.request_id][-1].error is None
 
 
-def test_an_engine_bug_fails_that_rounds_requests_and_the_worker_keeps_serving(models, monkeypatch):
+class UnreadableTrace:
+    """What a buggy step might return: the engine's bookkeeping fails reading it."""
+
+    @property
+    def num_proposed(self):
+        raise KeyError("simulated bookkeeping bug")
+
+
+def test_an_engine_bug_fails_that_rounds_requests_and_the_worker_keeps_serving(models):
     target, draft = models
-    engine = Engine(target, draft, DecodeConfig(k=2), [EOS], EngineSection(max_active=1))
-    original = engine._advance
 
-    def advance(batch):
-        if any(sequence.request.request_id == "unlucky" for sequence in batch):
-            raise KeyError("simulated bookkeeping bug")
-        return original(batch)
+    def buggy_step(policy, target, states, configs, generators):
+        traces = speculate_batch(policy, target, states, configs, generators)
+        return [UnreadableTrace() if state.request_id == "unlucky" else trace for state, trace in zip(states, traces)]
 
-    monkeypatch.setattr(engine, "_advance", advance)
+    engine = Engine(target, draft, DecodeConfig(k=2), [EOS], EngineSection(max_active=1), step=buggy_step)
     collected = collect(engine, [GenerationRequest("unlucky", (5, 6), 8), GenerationRequest("fine", (8, 9), 8)])
     assert collected["unlucky"][-1].error == "decoding failed: KeyError: 'simulated bookkeeping bug'"
     assert len(collected["unlucky"]) == 1  # one final output, nothing after it

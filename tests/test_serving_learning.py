@@ -5,16 +5,16 @@ learner leaves serving up; a bad version is rolled back; shutdown saves the lear
 import json
 import re
 import threading
-from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 import torch
 
-import aurora_rl.online.learner as learner_module
+from aurora_rl.algos import AlgoConfig
 from aurora_rl.policies.small_lm import SmallLMDrafter
-from aurora_rl.online.learner import LearnerConfig
+from aurora_rl.online.learner import Learner, LearnerConfig
+from aurora_rl.online.publish import LivePolicy
 from aurora_rl.online.snapshots import SnapshotStore
 from serving_harness import MODEL, complete, expected_text, metric, noisy_drafter, serving, tiny, tiny_server, wait_for
 
@@ -156,9 +156,12 @@ def test_a_restarted_server_resumes_the_last_version_and_continues_the_numbers(t
 
 def test_a_throttled_learner_rests_in_proportion_to_its_work(monkeypatch):
     """learner.async_busy_fraction=0.25: 40 ms of training is followed by 120 ms of rest
-    (a fake clock and stop event make the schedule exact)."""
-    learner = tiny_server(learner=LearnerConfig(mode="async", async_busy_fraction=0.25)).learning.learner
+    (a fake clock and stop event, both public seams, make the schedule exact)."""
     clock, rests = [0.0], []
+    config = LearnerConfig(mode="async", async_busy_fraction=0.25)
+    _, model = tiny()
+    learner = Learner(LivePolicy(noisy_drafter(model, scale=0.2, seed=1)), config.make_buffer(), AlgoConfig(), config,
+                      clock=lambda: clock[0])  # fmt: skip
 
     def train_round(updates=None):
         clock[0] += 0.04
@@ -171,10 +174,8 @@ def test_a_throttled_learner_rests_in_proportion_to_its_work(monkeypatch):
         def wait(self, seconds):
             rests.append(seconds)
 
-    monkeypatch.setattr(learner_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     monkeypatch.setattr(learner, "train_round", train_round)
-    monkeypatch.setattr(learner, "_stop", StopAfterThreeRests())
-    learner._run()
+    learner.run(StopAfterThreeRests())
     assert rests == pytest.approx([0.12] * 3)
     with pytest.raises(ValueError, match=re.escape("learner.async_busy_fraction must be in (0, 1], got 0")):
         LearnerConfig(async_busy_fraction=0)

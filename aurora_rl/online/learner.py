@@ -104,13 +104,17 @@ class Learner:
         pad_id: padding token for trace batches.
         seed: seeds batch sampling.
         accelerator: optional ``accelerate.Accelerator`` for the algorithm.
+        clock: seconds, for the async schedule's rests (``async_busy_fraction``); a seam
+            for tests that need an exact schedule.
     """
 
     def __init__(self, live: LivePolicy, buffer: TraceBuffer, algo: AlgoConfig, config: LearnerConfig,
                  pad_id: int = 0, seed: int = 0, accelerator=None,
                  on_rollback: Callable[[int, DraftPolicy], None] | None = None,
-                 on_checkpoint: Callable[[], None] | None = None) -> None:
+                 on_checkpoint: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:  # fmt: skip
         self.live, self.buffer, self.algo_config, self.config = live, buffer, algo, config
+        self.clock = clock
         self.on_checkpoint = on_checkpoint  # after each publish attempt, on the learner thread
         self.monitor = SwapMonitor(live, config.rollback_window, config.rollback_drop)
         self.on_rollback = on_rollback
@@ -253,18 +257,22 @@ class Learner:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="aurora-learner", daemon=True)
+        self._thread = threading.Thread(target=self.run, args=(self._stop,), name="aurora-learner", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set() and self.error is None:
-            began = time.perf_counter()
+    def run(self, stop: threading.Event) -> None:
+        """The async schedule on the calling thread until ``stop`` is set (``start()`` runs
+        it on the learner thread): one update per round, resting after each so that
+        training takes at most ``async_busy_fraction`` of the time, idling while there is
+        nothing to train on. ``stop`` needs ``is_set()`` and ``wait(seconds)``."""
+        while not stop.is_set() and self.error is None:
+            began = self.clock()
             if not self.train_round(1):
                 self.idle_waits += 1
-                self._stop.wait(self.config.async_idle_seconds)
+                stop.wait(self.config.async_idle_seconds)
             elif self.config.async_busy_fraction < 1.0:
-                busy = time.perf_counter() - began
-                self._stop.wait(busy * (1.0 / self.config.async_busy_fraction - 1.0))
+                busy = self.clock() - began
+                stop.wait(busy * (1.0 / self.config.async_busy_fraction - 1.0))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the background thread after its current step."""

@@ -59,6 +59,9 @@ class Engine:
         eos_token_ids: tokens that end a request.
         config: queue and concurrency limits.
         seed: seeds the random draws of requests that send no seed of their own.
+        step: the batched speculative step the engine runs, with
+            :func:`~aurora_rl.core.spec.speculate_batch`'s signature (the default). A seam
+            for instrumentation and fault injection: wrap it to count rows or to fail.
     """
 
     def __init__(
@@ -69,8 +72,10 @@ class Engine:
         eos_token_ids: Iterable[int],
         config: EngineSection = EngineSection(),
         seed: int = 0,
+        step: Callable[..., list[Trace]] = speculate_batch,
     ) -> None:
         self.target = target
+        self._speculate = step
         self.policy = policy
         self.decode = decode
         self.eos_token_ids = tuple(eos_token_ids)
@@ -270,7 +275,7 @@ class Engine:
         shared_forward = batchable([state.target_cache for state in states])
         try:
             policy = self._current_policy()  # one version for the whole step
-            results = speculate_batch(
+            results = self._speculate(
                 policy, self.target, states, [s.config for s in live], [s.generator for s in live]
             )
         except BatchStepError as partial:  # the forward ran; some rows failed while settling
