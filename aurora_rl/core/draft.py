@@ -145,6 +145,18 @@ class BatchProposer(Protocol):
     ) -> list[Proposal]: ...
 
 
+class BatchesThroughSessions:
+    """Mixin for a drafter whose sessions are :class:`ProposesAsOneRow`: its
+    :meth:`BatchProposer.propose_batch` is their batched ``propose_rows`` (one draft forward
+    per round for the rows still drafting; under a seed each row's proposal equals
+    ``sessions[row].propose(...)`` alone)."""
+
+    def propose_batch(self, sessions, ks, samplings, generators, min_confidences) -> list[Proposal]:
+        if not sessions:
+            return []
+        return sessions[0].propose_rows(sessions, ks, samplings, generators, min_confidences)
+
+
 class ProposesRowByRow:
     """Mixin for a drafter with no forward pass to batch (the lookup drafters): its
     :meth:`BatchProposer.propose_batch` runs each row's ``propose`` alone, in row order, so

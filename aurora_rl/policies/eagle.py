@@ -26,7 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import Proposal, ProposesAsOneRow, propose_autoregressively_batched
+from aurora_rl.core.draft import BatchesThroughSessions, Proposal, ProposesAsOneRow, propose_autoregressively_batched
 from aurora_rl.core.fp16_weights import Fp16Linear
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import Target
@@ -266,7 +266,7 @@ class EagleModel(nn.Module):
         return proposal_logits
 
 
-class EagleDrafter:
+class EagleDrafter(BatchesThroughSessions):
     """An EAGLE-style head drafting from the target's hidden states.
 
     Args:
@@ -359,18 +359,6 @@ class EagleDrafter:
                 f"the {expected[0]} processed context positions, shape {expected}; got {got}"
             )
         return EagleSession(self.model, context_ids, target_hidden)
-
-    def propose_batch(
-        self,
-        sessions: Sequence[EagleSession],
-        ks: Sequence[int],
-        samplings: Sequence[SamplingParams],
-        generators: Sequence[torch.Generator | None],
-        min_confidences: Sequence[float | None],
-    ) -> list[Proposal]:
-        """Proposals for many sequences, one head step per round for the rows still drafting.
-        Under a seed each row's proposal equals ``sessions[row].propose(...)`` alone."""
-        return propose_for_sessions(self.model, sessions, ks, samplings, generators, min_confidences)
 
     def proposal_logits(self, batch: TraceBatch) -> torch.Tensor:
         """``(B, k, V)`` draft logits at every proposal position, with gradients (see

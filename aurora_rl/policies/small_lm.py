@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import Proposal, ProposesAsOneRow, propose_autoregressively_batched
+from aurora_rl.core.draft import BatchesThroughSessions, Proposal, ProposesAsOneRow, propose_autoregressively_batched
 from aurora_rl.core.ragged import run_cached_ragged
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import RollbackCache
@@ -109,7 +109,7 @@ class TeacherForcedLM(torch.nn.Module):
         return proposal_logits
 
 
-class SmallLMDrafter:
+class SmallLMDrafter(BatchesThroughSessions):
     """A small causal LM proposing ``k`` tokens autoregressively.
 
     Args:
@@ -161,20 +161,6 @@ class SmallLMDrafter:
 
     def start(self, context_ids: torch.Tensor, target_hidden: torch.Tensor | None = None) -> SmallLMSession:
         return SmallLMSession(self.model, context_ids)
-
-    def propose_batch(
-        self,
-        sessions: Sequence[SmallLMSession],
-        ks: Sequence[int],
-        samplings: Sequence[SamplingParams],
-        generators: Sequence[torch.Generator | None],
-        min_confidences: Sequence[float | None],
-    ) -> list[Proposal]:
-        """Proposals for many sequences, one batched draft forward per round.
-
-        Under a seed each row's proposal equals ``sessions[row].propose(...)`` alone.
-        """
-        return propose_for_sessions(self.model, sessions, ks, samplings, generators, min_confidences)
 
     def proposal_logits(self, batch: TraceBatch) -> torch.Tensor:
         return self.trainable(batch)
