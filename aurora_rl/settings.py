@@ -47,6 +47,16 @@ def describe(instance, prefix: str = "") -> list[str]:
     return lines
 
 
+def check_ranges(obj, section: str, rules) -> None:
+    """A config dataclass's range checks, as a table: ``rules`` holds ``(field, bad, rule)``
+    triples; the first field whose value ``bad(value)`` holds raises
+    ``ValueError("<section>.<field> must be <rule>, got <value>")``."""
+    for name, bad, rule in rules:
+        value = getattr(obj, name)
+        if bad(value):
+            raise ValueError(f"{section}.{name} must be {rule}, got {value}")
+
+
 def looks_like_path(value: str) -> bool:
     """A local path (``./x``, ``/x``, ``~/x``, ``a/b/c``) rather than a hub id (``org/name``)."""
     return value.startswith((".", "/", "~")) or os.sep in value and value.count("/") != 1

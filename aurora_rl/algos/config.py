@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from aurora_rl.algos.divergences import DIVERGENCES
 from aurora_rl.algos.rl_losses import DISCARD_TERMS, PG_MODES
-from aurora_rl.settings import documented
+from aurora_rl.settings import check_ranges, documented
 
 ALGORITHMS = (
     "forward_kl",
@@ -70,31 +70,24 @@ class AlgoConfig:
     def __post_init__(self) -> None:
         if self.name not in ALGORITHMS:
             raise ValueError(f"algo.name={self.name!r} is not one of {', '.join(ALGORITHMS)}")
-        if not self.lr > 0:
-            raise ValueError(f"algo.lr must be > 0, got {self.lr}")
-        if self.max_grad_norm < 0:
-            raise ValueError(f"algo.max_grad_norm must be >= 0 (0 disables), got {self.max_grad_norm}")
-        if self.batch_size < 1:
-            raise ValueError(f"algo.batch_size must be >= 1, got {self.batch_size}")
-        if self.max_context < 1:
-            raise ValueError(f"algo.max_context must be >= 1, got {self.max_context}")
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"algo.beta must be in [0, 1], got {self.beta}")
+        check_ranges(self, "algo", [
+            ("lr", lambda v: not v > 0, "> 0"),
+            ("max_grad_norm", lambda v: v < 0, ">= 0 (0 disables)"),
+            ("batch_size", lambda v: v < 1, ">= 1"),
+            ("max_context", lambda v: v < 1, ">= 1"),
+            ("beta", lambda v: not 0.0 <= v <= 1.0, "in [0, 1]"),
+        ])  # fmt: skip
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"algo.divergence={self.divergence!r} is not one of {', '.join(DIVERGENCES)}")
-        if self.lambda_discard < 0:
-            raise ValueError(f"algo.lambda_discard must be >= 0, got {self.lambda_discard}")
+        check_ranges(self, "algo", [("lambda_discard", lambda v: v < 0, ">= 0")])
         if self.discard_term not in DISCARD_TERMS:
             raise ValueError(f"algo.discard_term={self.discard_term!r} is not one of {', '.join(DISCARD_TERMS)}")
         if self.pg_mode not in PG_MODES:
             raise ValueError(f"algo.pg_mode={self.pg_mode!r} is not one of {', '.join(PG_MODES)}")
-        if not 0 < self.clip_eps < 1:
-            raise ValueError(f"algo.clip_eps must be in (0, 1), got {self.clip_eps}")
-        if not self.rho_max > 0:
-            raise ValueError(f"algo.rho_max must be > 0, got {self.rho_max}")
-        if self.context_lm_coef < 0:
-            raise ValueError(f"algo.context_lm_coef must be >= 0, got {self.context_lm_coef}")
-        if self.pg_kl_coef < 0:
-            raise ValueError(f"algo.pg_kl_coef must be >= 0, got {self.pg_kl_coef}")
-        if not self.explore_temperature > 0:
-            raise ValueError(f"algo.explore_temperature must be > 0, got {self.explore_temperature}")
+        check_ranges(self, "algo", [
+            ("clip_eps", lambda v: not 0 < v < 1, "in (0, 1)"),
+            ("rho_max", lambda v: not v > 0, "> 0"),
+            ("context_lm_coef", lambda v: v < 0, ">= 0"),
+            ("pg_kl_coef", lambda v: v < 0, ">= 0"),
+            ("explore_temperature", lambda v: not v > 0, "> 0"),
+        ])  # fmt: skip

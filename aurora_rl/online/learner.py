@@ -37,7 +37,7 @@ from aurora_rl.core.trace import Trace, with_target_token
 from aurora_rl.online.gate import GateDecision, gate
 from aurora_rl.online.monitor import SwapMonitor
 from aurora_rl.online.publish import LivePolicy
-from aurora_rl.settings import documented
+from aurora_rl.settings import check_ranges, documented
 
 logger = logging.getLogger(__name__)
 
@@ -67,21 +67,17 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "async"):
             raise ValueError(f"learner.mode must be 'sync' or 'async', got {self.mode!r}")
-        for name in ("train_every", "updates_per_round", "publish_every", "min_traces", "buffer_capacity", "gate_traces"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"learner.{name} must be >= 1, got {getattr(self, name)}")
+        counts = ("train_every", "updates_per_round", "publish_every", "min_traces", "buffer_capacity", "gate_traces")
+        check_ranges(self, "learner", [(name, lambda v: v < 1, ">= 1") for name in counts])
         if self.staleness_policy not in ("drop", "downweight"):
             raise ValueError(f"learner.staleness_policy must be 'drop' or 'downweight', got {self.staleness_policy!r}")
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ValueError(f"learner.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        if not 0.0 <= self.rollback_drop < 1.0:
-            raise ValueError(f"learner.rollback_drop must be in [0, 1), got {self.rollback_drop}")
-        if not 0.0 < self.async_busy_fraction <= 1.0:
-            raise ValueError(f"learner.async_busy_fraction must be in (0, 1], got {self.async_busy_fraction}")
-        if not self.max_passes > 0:
-            raise ValueError(f"learner.max_passes must be > 0, got {self.max_passes}")
-        if self.rollback_window < 0:
-            raise ValueError(f"learner.rollback_window must be >= 0, got {self.rollback_window}")
+        check_ranges(self, "learner", [
+            ("heldout_fraction", lambda v: not 0.0 <= v < 1.0, "in [0, 1)"),
+            ("rollback_drop", lambda v: not 0.0 <= v < 1.0, "in [0, 1)"),
+            ("async_busy_fraction", lambda v: not 0.0 < v <= 1.0, "in (0, 1]"),
+            ("max_passes", lambda v: not v > 0, "> 0"),
+            ("rollback_window", lambda v: v < 0, ">= 0"),
+        ])  # fmt: skip
 
     def make_buffer(self) -> TraceBuffer:
         return TraceBuffer(
