@@ -1,7 +1,7 @@
 """The online-learning stack, built one way for both drivers: trace buffer, learner, rollback
 monitor, snapshot state.
 
-The train CLI (``train/loop.py``) and the server (``serving/server.py``) both build an
+The train CLI (``train/loop.py``) and the server (``runtime/server.py``) both build an
 :class:`OnlineLearning` around the ``LivePolicy`` their engine decodes with and add
 :meth:`OnlineLearning.observe` as the engine's trace listener (cheap: two list appends).
 The :class:`~aurora_rl.online.learner.Learner` trains its own copy of the draft -- on a

@@ -1,4 +1,4 @@
-"""Publishing draft versions in process: an atomic hot swap (on disk: ``serving/snapshots.py``).
+"""Publishing draft versions in process: an atomic hot swap (on disk: ``online/snapshots.py``).
 
 No torn weights (invariant 2): a published policy object is a private clone that is never
 mutated afterwards, and a decode step reads ``LivePolicy.current`` once, so every step --

@@ -4,7 +4,7 @@
 Plain documented dataclasses (OmegaConf structured-config friendly), checked in
 ``__post_init__``. The server entry point composes them with the world / decode / drafter /
 algorithm / learner sections into ``aurora_rl.serve.config.ServeConfig``; this module stays
-below the entry points (it imports nothing above ``serving/``).
+below the entry points (it imports nothing above ``runtime/``).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
     live = LivePolicy(initial_drafter(s, arm)) if mode != "none" else None
     controller = arm_controller(s, live.current) if live else None
     setup_seconds = time.perf_counter() - began
-    # The server builds the same stack (serving/server.py); here it has no snapshot directory.
+    # The server builds the same stack (runtime/server.py); here it has no snapshot directory.
     learning = OnlineLearning(live, cfg.algo, cfg.learner, s.pad_id, cfg.seed, accelerator=accelerator) if mode == "online" else None
     learner = learning.learner if learning else None
     buffer = learning.buffer if learning else None
