@@ -139,8 +139,11 @@ def test_a_full_queue_answers_429_with_retry_after():
     with serving(server) as url:
         threads = [threading.Thread(target=httpx.post, args=(f"{url}/v1/completions",), kwargs={"json": GOOD, "timeout": 300})
                    for _ in range(2)]  # fmt: skip
-        for thread in threads:
-            thread.start()
+        # One at a time: sent together, the second could find the first still queued (a full
+        # queue) on a busy machine and be refused before the slot is taken.
+        threads[0].start()
+        wait_for(lambda: server.engine.num_active == 1, what="a busy slot")
+        threads[1].start()
         wait_for(lambda: server.engine.num_active == 1 and server.engine.queue_depth == 1, what="a busy slot and a full queue")
         full = httpx.post(f"{url}/v1/completions", json=GOOD)
         assert full.status_code == 429 and full.headers["Retry-After"] == "1"
