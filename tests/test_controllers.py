@@ -270,7 +270,7 @@ def test_short_steps_still_teach_the_target_token(random_target_model, draft):
     "override, message",
     [
         ("decode.controller=greedy", "decode.controller='greedy' is not one of fixed, heuristic, confidence, refit, bandit, goodput, learned"),
-        ("decode.draft_confidence=0.5", "decode.draft_confidence=0.5 is a threshold, but decode.controller=bandit decides"),
+        ("decode.draft_confidence=0.5", "decode.draft_confidence=0.5 is a threshold, but decode.controller=goodput decides"),
         ("decode.controller_train_steps=10", "decode.controller_train_steps=10 must be >= 256"),
         ("decode.controller_policy=/nonexistent", "decode.controller_policy is only read by decode.controller=learned"),
     ],
@@ -280,5 +280,5 @@ def test_bad_controller_config_names_the_key_and_the_fix(override, message):
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         load_config([override])
-    assert load_config([]).decode.controller == "bandit"  # the main job's default
+    assert load_config([]).decode.controller == "goodput"  # the main job's default
     assert load_config(["decode.controller=confidence", "decode.draft_confidence=0.4"]).decode.draft_confidence == 0.4

@@ -36,6 +36,7 @@ from aurora_rl.core.target import Target
 from aurora_rl.core.trace import Trace, TopKProbs
 from aurora_rl.policies.draft_vocab import choose_draft_vocab, coverage
 from aurora_rl.policies.eagle import EagleDrafter
+from aurora_rl.policies.factory import DrafterSection
 from aurora_rl.world import World
 from aurora_rl.world.cache import InvalidWorld, cache_root, exclusive_lock, read_manifest, staging_directory, write_manifest
 
@@ -200,3 +201,17 @@ def pretrained_eagle(
                 write_manifest(staging, {"recipe_fingerprint": key, "recipe": asdict(recipe)})
             read_manifest(directory, key, REQUIRED_FILES)
     return EagleDrafter.from_pretrained(directory, target)
+
+
+def eagle_pretrainer(spec: DrafterSection, world: World, target: Target, tokenizer, seed: int,
+                     cache_dir: str | Path | None = None, progress: bool = True):  # fmt: skip
+    """``policies.factory.pretrained``'s ``pretrain_eagle`` for a drafter section: the
+    recipe's defaults with the section's layers, draft vocabulary and steps, on the given
+    domains (cached by :func:`pretrained_eagle`)."""
+
+    def pretrain(domains: tuple[str, ...] | None) -> EagleDrafter:
+        recipe = EaglePretrainRecipe(hidden_layers=tuple(spec.eagle_layers), draft_vocab_size=spec.draft_vocab_size,
+                                     domains=domains, steps=spec.pretrain_steps, seed=seed)  # fmt: skip
+        return pretrained_eagle(world, target, tokenizer, recipe, cache_dir, progress)
+
+    return pretrain

@@ -17,8 +17,7 @@ from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.target import Target
-from aurora_rl.world import World
-from aurora_rl.world.traffic import Request, make_traffic
+from aurora_rl.world.traffic import Request
 
 Prompt = Sequence[int]
 
@@ -84,17 +83,3 @@ def finetune_offline(target: Target, tokenizer, drafter, algo: AlgoConfig, reque
     algorithm = train_rounds(target, drafter, algo, [prompts], decode, max_new_tokens, eos, tokenizer.pad_token_id or 0,
                              updates, seed=seed, progress=progress, desc=desc)  # fmt: skip
     return algorithm.policy
-
-
-def distiller(world: World, target: Target, tokenizer, algo: AlgoConfig, decode: DecodeConfig, *, max_new_tokens: int,
-              num_requests: int, updates: int, seed: int = 0, progress: bool = False):  # fmt: skip
-    """How a fresh EAGLE head becomes the static draft (``policies.factory.pretrained``'s
-    ``distil``): traces of ``num_requests`` requests of the world's train split of the given
-    domains ("mixed" schedule), then ``updates`` optimizer steps."""
-
-    def distil(drafter: DraftPolicy, domains: tuple[str, ...] | None) -> DraftPolicy:
-        requests = make_traffic(world.dataset("train", domains), "mixed", num_requests, seed=seed).requests
-        return finetune_offline(target, tokenizer, drafter, algo, requests, decode, max_new_tokens, updates, seed,
-                                progress, "pretrain eagle")  # fmt: skip
-
-    return distil

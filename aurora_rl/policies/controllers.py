@@ -172,6 +172,15 @@ def best_threshold(outcomes: list[tuple[float, bool]], false_continue: float, fa
     return min(max(best, 1e-3), 1 - 1e-3)
 
 
+def step_costs(cost: CostModel, max_k: int, gamma: float) -> list[float]:
+    """``token_cost(k)`` for k in ``0 .. max_k``, after checking what a discounted k-chooser needs."""
+    if max_k > cost.max_k:
+        raise ValueError(f"max_k={max_k} exceeds the cost model's measured k (<= {cost.max_k})")
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    return [cost.token_cost(k) for k in range(max_k + 1)]
+
+
 class BanditSession(_NeverStops):
     def __init__(self, controller: "BanditK") -> None:
         self.controller = controller
@@ -198,12 +207,8 @@ class BanditK:
     name = "bandit"
 
     def __init__(self, cost: CostModel, max_k: int, gamma: float = 0.995, exploration: float = 0.5) -> None:
-        if max_k > cost.max_k:
-            raise ValueError(f"max_k={max_k} exceeds the cost model's measured k (<= {cost.max_k})")
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         self.cost = cost
-        self.costs = [cost.token_cost(k) for k in range(max_k + 1)]
+        self.costs = step_costs(cost, max_k, gamma)
         self.counts = [0.0] * (max_k + 1)
         self.sums = [0.0] * (max_k + 1)
         self.gamma, self.exploration = gamma, exploration
@@ -260,13 +265,9 @@ class GoodputK:
     name = "goodput"
 
     def __init__(self, cost: CostModel, max_k: int, gamma: float = 0.995, optimism: float = 0.3) -> None:
-        if max_k > cost.max_k:
-            raise ValueError(f"max_k={max_k} exceeds the cost model's measured k (<= {cost.max_k})")
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         if optimism < 0:
             raise ValueError(f"optimism must be >= 0, got {optimism}")
-        self.costs = [cost.token_cost(k) for k in range(max_k + 1)]
+        self.costs = step_costs(cost, max_k, gamma)
         self.judged = [0.0] * max_k
         self.accepted = [0.0] * max_k
         self.gamma, self.optimism = gamma, optimism

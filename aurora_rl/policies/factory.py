@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.target import Target
 from aurora_rl.policies.checkpoint import POLICY_FILE, read_manifest
+from aurora_rl.policies.draft_vocab import choose_draft_vocab
 from aurora_rl.policies.eagle import EagleDrafter
 from aurora_rl.policies.hybrid import HybridDrafter
 from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter
@@ -29,8 +30,9 @@ LEARNED_KINDS = ("small_lm", "eagle")
 MODEL_FREE_KINDS = ("suffix", "prompt_lookup")
 DRAFTER_KINDS = LEARNED_KINDS + MODEL_FREE_KINDS
 
-# distil(fresh_drafter, domains) -> the drafter trained offline on those domains' traces.
-Distil = Callable[[DraftPolicy, "tuple[str, ...] | None"], DraftPolicy]
+# pretrain_eagle(domains) -> an EAGLE head pretrained offline on those domains' prompts
+# (algos/eagle_pretrain.py: a layer above this one, so the caller passes it).
+PretrainEagle = Callable[["tuple[str, ...] | None"], DraftPolicy]
 
 
 @dataclass
@@ -42,6 +44,10 @@ class DrafterSection:
         "traffic from the other domains is a shift it never saw", factory=lambda: ["code", "prose"])
     pretrain_steps: int = documented("optimizer steps of offline pretraining", 300)
     eagle_layers: list[int] = documented("eagle: target hidden states it reads (HF hidden_states indices; -1 = last)", factory=lambda: [-1])
+    draft_vocab_size: int = documented(
+        "eagle: EAGLE-3's reduced draft vocabulary, the n most frequent target tokens (scratch: of the world's "
+        "training prompts; pretrained: of those prompts and the target's answers), EOS always in; tokens outside "
+        "are never proposed (still lossless). 0 = the target's full vocabulary", 0)
     suffix: SuffixConfig = documented("the suffix drafter (arms suffix and *+suffix; serve drafter.kind=suffix or drafter.with_suffix)", factory=SuffixConfig)
     prompt_lookup: PromptLookupConfig = documented("the prompt lookup drafter (arm prompt_lookup; serve drafter.kind=prompt_lookup)", factory=PromptLookupConfig)
     hybrid_min_suffix_score: float = documented(
@@ -49,18 +55,32 @@ class DrafterSection:
         "reach this, else the learned draft's", 1.0)
 
     def __post_init__(self) -> None:
+        if self.draft_vocab_size < 0:
+            raise ValueError(f"drafter.draft_vocab_size={self.draft_vocab_size} must be >= 0 (0 = the full vocabulary)")
         if not self.hybrid_min_suffix_score > 0:
             raise ValueError(f"drafter.hybrid_min_suffix_score={self.hybrid_min_suffix_score} must be > 0")
 
 
-def scratch_drafter(spec: DrafterSection, target: Target, world: World, seed: int) -> DraftPolicy:
-    """A freshly initialised drafter of the learned kind ``spec.kind``."""
+def scratch_drafter(spec: DrafterSection, target: Target, world: World, seed: int, tokenizer=None) -> DraftPolicy:
+    """A freshly initialised drafter of the learned kind ``spec.kind`` (``tokenizer``: the
+    target's, for an EAGLE head's reduced vocabulary; default the world's)."""
     if spec.kind == "eagle":
-        return EagleDrafter.from_target(target, seed=seed)
+        return EagleDrafter.from_target(target, seed=seed, draft_vocab=scratch_draft_vocab(spec, target, world, tokenizer))
     if spec.path:  # an external target: the given drafter's shape, re-initialised
         template = load_drafter(spec.path, target)
         return SmallLMDrafter.from_config(template.model.config, seed=seed)
     return SmallLMDrafter.from_config(world.drafter_config(), seed=seed)
+
+
+def scratch_draft_vocab(spec: DrafterSection, target: Target, world: World, tokenizer=None):
+    """``d2t`` of a fresh EAGLE head: the ``spec.draft_vocab_size`` most frequent tokens of the
+    world's training prompts (a head from scratch has seen no answers), or None (full vocabulary)."""
+    if not spec.draft_vocab_size:
+        return None
+    tokenizer = tokenizer if tokenizer is not None else world.tokenizer()
+    prompts = [tokenizer(row["prompt"])["input_ids"] for row in world.dataset("train")]
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    return choose_draft_vocab(prompts, min(spec.draft_vocab_size, target.vocab_size), target.vocab_size, always=eos)
 
 
 def load_drafter(path: str | Path, target: Target) -> DraftPolicy:
@@ -73,13 +93,14 @@ def load_drafter(path: str | Path, target: Target) -> DraftPolicy:
     return SmallLMDrafter.from_pretrained(path)
 
 
-def pretrained(spec: DrafterSection, target: Target, world: World, *, seed: int, distil: Distil,
+def pretrained(spec: DrafterSection, target: Target, world: World, *, seed: int, pretrain_eagle: PretrainEagle,
                cache_dir: str | None = None, precision: str | None = None, progress: bool = True) -> DraftPolicy:  # fmt: skip
     """The static draft: ``spec.path`` if given, else trained offline on ``spec.pretrain_domains``.
 
     small_lm: language-modelled on the world's text (cached on disk). eagle: a head has no
-    text-only form, so ``distil`` trains a fresh one on traces of those domains (it needs an
-    algorithm, a layer above this one: the caller passes it, see ``online.rounds.distiller``).
+    text-only form, so ``pretrain_eagle`` trains one on the target's features over those
+    domains' prompts and its answers (one prefill each; cached; see
+    ``algos.eagle_pretrain.eagle_pretrainer``).
     """
     if spec.path:
         return load_drafter(spec.path, target)
@@ -87,7 +108,7 @@ def pretrained(spec: DrafterSection, target: Target, world: World, *, seed: int,
     if spec.kind == "small_lm":
         recipe = DrafterRecipe(domains=domains, steps=spec.pretrain_steps, seed=seed)
         return pretrained_drafter(world, recipe, cache_dir, progress=progress, precision=precision)
-    return distil(scratch_drafter(spec, target, world, seed), domains)
+    return pretrain_eagle(domains)
 
 
 def model_free_drafter(spec: DrafterSection, kind: str, vocab_size: int) -> DraftPolicy:
@@ -105,10 +126,10 @@ def with_suffix(spec: DrafterSection, learned: DraftPolicy, vocab_size: int) -> 
 
 
 def build_drafter(spec: DrafterSection, target: Target, world: World, *, start: str, hybrid: bool, seed: int,
-                  pretrained: Callable[[], DraftPolicy]) -> DraftPolicy:  # fmt: skip
+                  pretrained: Callable[[], DraftPolicy], tokenizer=None) -> DraftPolicy:  # fmt: skip
     """The server's draft: ``spec.kind`` (training-free), or a learned draft that starts
     ``pretrained`` (``pretrained()``) or ``scratch``, combined with the suffix drafter if ``hybrid``."""
     if spec.kind in MODEL_FREE_KINDS:
         return model_free_drafter(spec, spec.kind, target.vocab_size)
-    drafter = pretrained() if start == "pretrained" else scratch_drafter(spec, target, world, seed)
+    drafter = pretrained() if start == "pretrained" else scratch_drafter(spec, target, world, seed, tokenizer)
     return with_suffix(spec, drafter, target.vocab_size) if hybrid else drafter

@@ -35,14 +35,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aurora_rl.algos.eagle_pretrain import eagle_pretrainer
+from aurora_rl.core.fp16_weights import apply_target_weights
 from aurora_rl.core.target import Target, load_model_and_tokenizer
-from aurora_rl.online.rounds import distiller
 from aurora_rl.policies import factory
 from aurora_rl.serve.config import describe, load_config, to_yaml
 from aurora_rl.settings import config_from_cli
 from aurora_rl.runtime import http
 from aurora_rl.runtime.server import build_server
-from aurora_rl.train.config import OfflineSection, TrafficSection
+from aurora_rl.train.config import TrafficSection
 from aurora_rl.train.controllers import configured_controller
 from aurora_rl.world import get_world
 
@@ -69,18 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_model_and_tokenizer(cfg.world.target)
     else:
         tokenizer, model = world.tokenizer(), world.target()
-    target = Target(model, tuple(cfg.drafter.eagle_layers) if cfg.drafter.kind == "eagle" else ())
-    # An EAGLE head is pretrained the way the train CLI's defaults pretrain it.
-    distil = distiller(world, target, tokenizer, cfg.algo, cfg.decode.to_decode_config(),
-                       max_new_tokens=TrafficSection().max_new_tokens, num_requests=OfflineSection().num_requests,
-                       updates=cfg.drafter.pretrain_steps, seed=cfg.seed, progress=cfg.progress)  # fmt: skip
+    target = Target(apply_target_weights(model, cfg.world.target_weights), tuple(cfg.drafter.eagle_layers) if cfg.drafter.kind == "eagle" else ())
+    pretrain_eagle = eagle_pretrainer(cfg.drafter, world, target, tokenizer, cfg.seed, cfg.world.cache_dir, cfg.progress)
 
     def static_draft():
-        return factory.pretrained(cfg.drafter, target, world, seed=cfg.seed, distil=distil, cache_dir=cfg.world.cache_dir,
+        return factory.pretrained(cfg.drafter, target, world, seed=cfg.seed, pretrain_eagle=pretrain_eagle, cache_dir=cfg.world.cache_dir,
                                   precision=cfg.world.precision, progress=cfg.progress)  # fmt: skip
 
     drafter = factory.build_drafter(cfg.drafter, target, world, start=cfg.draft, hybrid=cfg.with_suffix, seed=cfg.seed,
-                                    pretrained=static_draft)  # fmt: skip
+                                    pretrained=static_draft, tokenizer=tokenizer)  # fmt: skip
     controller, _ = configured_controller(cfg.decode, cfg.drafter, target, drafter, static_draft, world=world,
                                           tokenizer=tokenizer, max_new_tokens=TrafficSection().max_new_tokens,
                                           cache_dir=cfg.world.cache_dir, seed=cfg.seed, progress=cfg.progress)  # fmt: skip

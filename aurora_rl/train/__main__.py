@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from aurora_rl.core.fp16_weights import apply_target_weights
 from aurora_rl.core.target import Target, load_model_and_tokenizer
 from aurora_rl.plots import plot_accepted_length
 from aurora_rl.train.arms import Setting
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_model_and_tokenizer(cfg.world.target)
     else:
         tokenizer, model = world.tokenizer(), world.target()
-    target = Target(model, hidden_layers)
+    target = Target(apply_target_weights(model, cfg.world.target_weights), hidden_layers)
     prompts = load_prompts(cfg.traffic.source if cfg.traffic.source else world, split="heldout")
     stream = make_traffic(prompts, cfg.traffic.schedule, cfg.traffic.num_requests, seed=cfg.seed,
                           domains=cfg.traffic.domains, num_phases=cfg.traffic.num_phases)

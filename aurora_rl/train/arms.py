@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from aurora_rl.algos.eagle_pretrain import eagle_pretrainer
 from aurora_rl.core.target import Target
-from aurora_rl.online.rounds import distiller, finetune_offline
+from aurora_rl.online.rounds import finetune_offline
 from aurora_rl.policies import factory
 from aurora_rl.policies.factory import MODEL_FREE_KINDS
 from aurora_rl.train.config import ARMS, TrainConfig
@@ -37,18 +38,11 @@ class Setting:
         return self.tokenizer.pad_token_id or 0
 
 
-def distil(s: Setting):
-    """How this run pretrains a fresh EAGLE head (``policies.factory.pretrained``)."""
-    cfg = s.cfg
-    return distiller(s.world, s.target, s.tokenizer, cfg.algo, cfg.decode.to_decode_config(),
-                     max_new_tokens=cfg.traffic.max_new_tokens, num_requests=cfg.offline.num_requests,
-                     updates=cfg.drafter.pretrain_steps, seed=cfg.seed, progress=cfg.progress)  # fmt: skip
-
-
 def pretrained(s: Setting):
     """The static draft every 'pretrained' arm starts from (see ``policies.factory.pretrained``)."""
     cfg = s.cfg
-    return factory.pretrained(cfg.drafter, s.target, s.world, seed=cfg.seed, distil=distil(s),
+    pretrain_eagle = eagle_pretrainer(cfg.drafter, s.world, s.target, s.tokenizer, cfg.seed, cfg.world.cache_dir, cfg.progress)
+    return factory.pretrained(cfg.drafter, s.target, s.world, seed=cfg.seed, pretrain_eagle=pretrain_eagle,
                               cache_dir=cfg.world.cache_dir, precision=cfg.world.precision, progress=cfg.progress)  # fmt: skip
 
 
@@ -78,7 +72,7 @@ def learned_drafter(s: Setting, init: str):
         if s.pretrained_cache is None:  # built once per run, shared by every pretrained arm
             s.pretrained_cache = pretrained(s)
         return s.pretrained_cache.clone()
-    return factory.scratch_drafter(s.cfg.drafter, s.target, s.world, s.cfg.seed)
+    return factory.scratch_drafter(s.cfg.drafter, s.target, s.world, s.cfg.seed, s.tokenizer)
 
 
 def arm_controller(s: Setting, drafter):

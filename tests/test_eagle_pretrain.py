@@ -1,0 +1,71 @@
+"""EAGLE heads as the CLIs build them: a reduced draft vocabulary from scratch, and the
+prefill-based offline pretraining (cached), both lossless."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aurora_rl.algos.eagle_pretrain import eagle_pretrainer
+from aurora_rl.core.generate import SpeculativeDecoder
+from aurora_rl.core.spec import DecodeConfig
+from aurora_rl.core.target import Target
+from aurora_rl.policies import factory
+from aurora_rl.policies.factory import DrafterSection
+from aurora_rl.world import get_world
+
+VOCAB = 40  # far below the tiny world's vocabulary: plenty of tokens the head can never propose
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    world = get_world("tiny")
+    tokenizer = world.tokenizer()
+    target = Target(world.target(), hidden_layers=(-1,))
+    prompts = [tokenizer(row["prompt"])["input_ids"] for row in world.dataset("heldout").select(range(3))]
+    return world, tokenizer, target, prompts
+
+
+def check_lossless_inside_vocab(target, tokenizer, drafter, prompts) -> None:
+    eos = tokenizer.eos_token_id
+    inside = set(drafter.head.d2t.tolist())
+    decoder = SpeculativeDecoder(target, drafter, DecodeConfig(k=3), [eos])
+    for ids in prompts:
+        out = decoder.generate(torch.tensor(ids), max_new_tokens=24)
+        reference = target.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, eos_token_id=eos,
+                                          pad_token_id=tokenizer.pad_token_id)[0, len(ids):]  # fmt: skip
+        assert out.tokens.tolist() == reference.tolist()
+        assert all(set(trace.proposed.tolist()) <= inside for trace in out.traces)
+
+
+def test_a_scratch_head_drafts_over_the_training_prompts_most_frequent_tokens(tiny):
+    world, tokenizer, target, prompts = tiny
+    spec = DrafterSection(kind="eagle", eagle_layers=[-1], draft_vocab_size=VOCAB)
+    drafter = factory.scratch_drafter(spec, target, world, seed=0, tokenizer=tokenizer)
+    d2t = drafter.head.d2t.tolist()
+    assert len(d2t) == VOCAB and d2t == sorted(d2t) and tokenizer.eos_token_id in d2t
+    counts = torch.zeros(target.vocab_size)
+    for row in world.dataset("train"):
+        counts += torch.bincount(torch.tensor(tokenizer(row["prompt"])["input_ids"]), minlength=target.vocab_size)
+    most_frequent = set(torch.argsort(-counts, stable=True)[: VOCAB - 1].tolist())
+    assert most_frequent <= set(d2t)
+    check_lossless_inside_vocab(target, tokenizer, drafter, prompts)
+
+
+def test_full_vocabulary_by_default(tiny):
+    world, tokenizer, target, _ = tiny
+    drafter = factory.scratch_drafter(DrafterSection(kind="eagle", eagle_layers=[-1]), target, world, 0, tokenizer)
+    assert drafter.head.config.draft_vocab_size == 0
+
+
+def test_the_pretrained_head_is_cached_and_lossless(tiny, tmp_path):
+    world, tokenizer, target, prompts = tiny
+    spec = DrafterSection(kind="eagle", eagle_layers=[-1], draft_vocab_size=VOCAB, pretrain_steps=3)
+    pretrain = eagle_pretrainer(spec, world, target, tokenizer, seed=0, cache_dir=tmp_path, progress=False)
+    first = factory.pretrained(spec, target, world, seed=0, pretrain_eagle=pretrain)
+    again = pretrain(("code", "prose"))  # the section's default pretraining domains: the same cache entry
+    assert torch.equal(first.head.d2t, again.head.d2t)
+    assert all(torch.equal(a, b) for a, b in zip(first.head.state_dict().values(), again.head.state_dict().values()))
+    heads = [path.name for path in (tmp_path / "drafters").iterdir() if path.is_dir()]
+    assert len(heads) == 1 and heads[0].startswith("tiny-eagle3-")  # built once, loaded the second time
+    check_lossless_inside_vocab(target, tokenizer, first, prompts)
