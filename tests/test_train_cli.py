@@ -81,6 +81,8 @@ def test_arms_batch_requests_through_the_engine_without_changing_their_output(tm
         ("world.target=/no/such/model", "world.target='/no/such/model' does not exist: give an existing local path"),
         ("drafter.path=./missing-drafter", "drafter.path='./missing-drafter' does not exist"),
         ("arms=[static,greedy]", "each arm must be one of target_only, static, offline, online_scratch, online_pretrained"),
+        ("world.target_weights=int8", "world.target_weights='int8': choose one of ['fp32', 'fp16']"),
+        ("drafter.draft_vocab_size=-1", "drafter.draft_vocab_size=-1 must be >= 0 (0 = the full vocabulary)"),
     ],
 )
 def test_bad_config_fails_before_any_work_naming_key_and_fix(override, message, tmp_path, capsys):
