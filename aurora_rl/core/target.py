@@ -179,6 +179,11 @@ class Target:
         return run_cached(self.model, cache, token_ids, self.hidden_layers)
 
 
+def eos_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokenizer's EOS as the list decoding stops on (empty when it has none)."""
+    return [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+
+
 def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, where: str) -> None:
     """A tokenizer whose ids run past the model's output vocabulary belongs to another model."""
     vocab = model.get_output_embeddings().weight.shape[0]

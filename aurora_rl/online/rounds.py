@@ -16,7 +16,7 @@ from aurora_rl.algos import AlgoConfig, Algorithm, make_algorithm
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.draft import DraftPolicy
-from aurora_rl.core.target import Target
+from aurora_rl.core.target import Target, eos_token_ids
 from aurora_rl.world.traffic import Request
 
 Prompt = Sequence[int]
@@ -79,7 +79,7 @@ def finetune_offline(target: Target, tokenizer, drafter, algo: AlgoConfig, reque
                      max_new_tokens: int, updates: int, seed: int = 0, progress: bool = False, desc: str = "offline") -> DraftPolicy:  # fmt: skip
     """Collect traces on ``requests`` with ``drafter`` fixed, then train it ``updates`` steps."""
     prompts = [tokenizer(r.prompt)["input_ids"] for r in requests]
-    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    eos = eos_token_ids(tokenizer)
     algorithm = train_rounds(target, drafter, algo, [prompts], decode, max_new_tokens, eos, tokenizer.pad_token_id or 0,
                              updates, seed=seed, progress=progress, desc=desc)  # fmt: skip
     return algorithm.policy

@@ -14,7 +14,7 @@ from typing import Callable
 from transformers import AutoModelForCausalLM
 
 from aurora_rl.core.draft import DraftPolicy
-from aurora_rl.core.target import Target
+from aurora_rl.core.target import Target, eos_token_ids
 from aurora_rl.policies.checkpoint import POLICY_FILE, read_manifest
 from aurora_rl.policies.draft_vocab import choose_draft_vocab
 from aurora_rl.policies.eagle import EagleDrafter
@@ -79,7 +79,7 @@ def scratch_draft_vocab(spec: DrafterSection, target: Target, world: World, toke
         return None
     tokenizer = tokenizer if tokenizer is not None else world.tokenizer()
     prompts = [tokenizer(row["prompt"])["input_ids"] for row in world.dataset("train")]
-    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    eos = eos_token_ids(tokenizer)
     return choose_draft_vocab(prompts, min(spec.draft_vocab_size, target.vocab_size), target.vocab_size, always=eos)
 
 

@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from aurora_rl.algos import AlgoConfig
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.spec import DecodeConfig
-from aurora_rl.core.target import Target
+from aurora_rl.core.target import Target, eos_token_ids
 from aurora_rl.runtime.api import create_app
 from aurora_rl.runtime.config import EngineSection, ServerSection, SnapshotSection
 from aurora_rl.runtime.engine import Engine
@@ -103,7 +103,7 @@ def build_server(
         logger.warning("snapshots %s: %s", store.directory, resumed)
     if learning is not None:
         decode = learning.decode_config(decode)
-    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    eos = eos_token_ids(tokenizer)
     decode_engine = Engine(target, live, decode, eos, engine, seed)
     metrics = ServingMetrics(decode.k, decode_engine, live, learning, follower, store)
     decode_engine.add_trace_listener(metrics.observe_trace)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from aurora_rl.algos.eagle_pretrain import eagle_pretrainer
-from aurora_rl.core.target import Target
+from aurora_rl.core.target import Target, eos_token_ids
 from aurora_rl.online.rounds import finetune_offline
 from aurora_rl.policies import factory
 from aurora_rl.policies.factory import MODEL_FREE_KINDS
@@ -31,7 +31,7 @@ class Setting:
 
     @property
     def eos(self) -> list[int]:
-        return [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
+        return eos_token_ids(self.tokenizer)
 
     @property
     def pad_id(self) -> int:
