@@ -28,20 +28,24 @@ from aurora_rl.core.sampling import GREEDY
 from aurora_rl.core.target import Target
 from aurora_rl.world.cache import cache_root
 
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3  # 3: widths timed in turns
 DEFAULT_BATCHES = (1, 2, 4, 8)
 
 
-def _min_seconds(run: Callable[[], None], repeats: int) -> float:
-    """The fastest of ``repeats`` runs after a warm-up: other work on a shared machine only
-    ever adds time, so the minimum is the least noisy estimate of the forward's own cost."""
-    run()  # warm-up: first calls allocate
-    times = []
+def _min_seconds(runs: Sequence[Callable[[], None]], repeats: int) -> list[float]:
+    """The fastest of ``repeats`` timings of each run, after a warm-up: other work on a
+    shared machine only ever adds time, so the minimum is the least noisy estimate of a
+    forward's own cost. The runs take turns (one timing of each per round), so a burst of
+    load hits every width alike instead of one width's whole series."""
+    for run in runs:
+        run()  # warm-up: first calls allocate
+    fastest = [float("inf")] * len(runs)
     for _ in range(repeats):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return min(times)
+        for i, run in enumerate(runs):
+            began = time.perf_counter()
+            run()
+            fastest[i] = min(fastest[i], time.perf_counter() - began)
+    return fastest
 
 
 def _context(length: int, vocab: int) -> torch.Tensor:
@@ -64,7 +68,7 @@ def _target_row(target: Target, batch: int, max_width: int, context: int, repeat
                 cache.rollback(context)
         return run
 
-    seconds = [_min_seconds(verify(w), repeats) for w in range(1, max_width + 1)]
+    seconds = _min_seconds([verify(w) for w in range(1, max_width + 1)], repeats)
     # A wider forward never costs less than a narrower one; a dip is timing noise.
     return tuple(max(seconds[: w + 1]) for w in range(len(seconds)))
 
@@ -84,7 +88,7 @@ def _draft_round_seconds(target: Target, drafter: DraftPolicy, batch: int, max_k
                 for session in sessions:
                     session.propose(max_k, GREEDY, None)
 
-    return _min_seconds(run, repeats) / max_k
+    return _min_seconds([run], repeats)[0] / max_k
 
 
 def profile_cost(

@@ -15,6 +15,7 @@ import torch
 
 from aurora_rl.core.control import token_stats
 from aurora_rl.core.cost import CostModel
+from aurora_rl.core.cost_calibration import SpeculationOverhead
 
 
 class _NeverStops:
@@ -238,11 +239,18 @@ class BanditK:
 class GoodputSession(_NeverStops):
     def __init__(self, controller: "GoodputK") -> None:
         self.controller = controller
+        self.began: float | None = None
 
     def budget(self, limit: int, context_len: int) -> int:
+        overhead = self.controller.overhead
+        self.began = overhead.clock() if overhead is not None else None
         return min(limit, self.controller.choose())
 
     def observe(self, num_proposed: int, num_accepted: int) -> None:
+        overhead = self.controller.overhead
+        if overhead is not None and self.began is not None:  # from budget() to the verdict: one step
+            overhead.record(num_proposed, overhead.clock() - self.began)
+        self.began = None
         self.controller.update(num_proposed, num_accepted)
 
 
@@ -260,13 +268,23 @@ class GoodputK:
     ``gamma`` every step, and each rate is read as ``a_i + optimism / sqrt(1 + judged_i)``.
     When drafting barely loses (``k = 1`` at 0.96x) it is re-probed soon and cheaply; when it
     loses badly, rarely. Discounting follows a draft that learns and traffic that shifts.
+
+    With ``overhead`` (a :class:`~aurora_rl.core.cost_calibration.SpeculationOverhead`, as
+    ``decode.controller=goodput`` builds it) the cost of every k > 0 is the model's times the
+    measured overhead factor: each step is timed from ``budget`` to the verdict, so the
+    wall clock, not the profile alone, decides whether drafting pays. Without it (tests,
+    worked examples) the cost model is taken as exact.
     """
 
     name = "goodput"
 
-    def __init__(self, cost: CostModel, max_k: int, gamma: float = 0.995, optimism: float = 0.3) -> None:
+    def __init__(
+        self, cost: CostModel, max_k: int, gamma: float = 0.995, optimism: float = 0.3,
+        overhead: SpeculationOverhead | None = None,
+    ) -> None:
         if optimism < 0:
             raise ValueError(f"optimism must be >= 0, got {optimism}")
+        self.overhead = overhead
         self.costs = step_costs(cost, max_k, gamma)
         self.judged = [0.0] * max_k
         self.accepted = [0.0] * max_k
@@ -279,13 +297,15 @@ class GoodputK:
         return [min(1.0, (a + 1.0) / (n + 2.0) + bonus / math.sqrt(1.0 + n)) for a, n in zip(self.accepted, self.judged)]
 
     def expected_goodput(self, optimistic: bool = True) -> list[float]:
-        """``E[emitted | k] / token_cost(k)`` for every k."""
+        """``E[emitted | k] / token_cost(k)`` for every k (drafting costs times the
+        measured overhead factor, when there is one)."""
         rates, goodput, emitted, reach = self.rates(optimistic), [], 1.0, 1.0
+        factor = self.overhead.factor if self.overhead is not None else 1.0
         for k, cost in enumerate(self.costs):
             if k:
                 reach *= rates[k - 1]
                 emitted += reach
-            goodput.append(emitted / cost)
+            goodput.append(emitted / (cost * factor if k else cost))
         return goodput
 
     def choose(self) -> int:

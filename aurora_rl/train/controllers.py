@@ -22,6 +22,7 @@ from aurora_rl.core.cost import CostModel
 from aurora_rl.core.cost_profile import cached_cost_model
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.target import Target
+from aurora_rl.core.cost_calibration import SpeculationOverhead
 from aurora_rl.policies.controllers import BanditK, ConfidenceThreshold, GoodputK, HeuristicSchedule, RefitThreshold
 from aurora_rl.policies.learned_controller import LearnedController, TinyPolicy
 from aurora_rl.world import World
@@ -59,7 +60,7 @@ def build_controller(
     if name == "bandit":
         return BanditK(cost, max_k)
     if name == "goodput":
-        return GoodputK(cost, max_k)
+        return GoodputK(cost, max_k, overhead=SpeculationOverhead(cost))  # the wall clock corrects the model
     if name == "learned":
         if policy is None:
             raise ValueError("decode.controller=learned needs a policy (decode.controller_policy, or one trained by learned_policy)")
