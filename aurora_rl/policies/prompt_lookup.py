@@ -11,7 +11,7 @@ latest occurrence is updated as tokens are committed: O(max_ngram) per token, O(
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,12 +19,13 @@ import torch
 from aurora_rl.core.draft import ProposesByLookup, ProposesRowByRow, StopRule, stop_drafting_on_counts
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.policies.checkpoint import read_manifest, write_manifest
+from aurora_rl.settings import documented
 
 
 @dataclass
 class PromptLookupConfig:
-    max_ngram: int = field(default=3, metadata={"help": "longest n-gram matched (tried first)"})
-    min_ngram: int = field(default=1, metadata={"help": "shortest n-gram matched"})
+    max_ngram: int = documented("longest n-gram matched (tried first)", 3)
+    min_ngram: int = documented("shortest n-gram matched", 1)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ngram <= self.max_ngram:
