@@ -13,11 +13,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.settings import documented
 from aurora_rl.world import World, resolve_precision, train_causal_lm
+from aurora_rl.world.lm_training import pack_examples
 from aurora_rl.world.tokenizer import encoded_examples
 from aurora_rl.world.cache import InvalidWorld, cache_root, exclusive_lock, read_manifest, staging_directory, write_manifest
 
@@ -95,7 +94,7 @@ def _train(world: World, recipe: DrafterRecipe, progress: bool, precision: str) 
     # Tokenised exactly as the target was trained (prompt and reference separately), so the
     # drafter never learns a token the target cannot emit at the prompt boundary.
     examples = encoded_examples(tokenizer, data["prompt"], data["reference"])
-    stream = torch.tensor([token for ids, _ in examples for token in ids], dtype=torch.long)
+    stream = pack_examples(examples)
     drafter = SmallLMDrafter.from_config(world.drafter_config(), seed=recipe.seed)
     train_causal_lm(
         drafter.model,
