@@ -33,7 +33,8 @@ from aurora_rl.core.generate import SpeculativeDecoder  # noqa: E402
 from aurora_rl.core.spec import DecodeConfig  # noqa: E402
 from aurora_rl.core.target import Target  # noqa: E402
 from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter  # noqa: E402
-from aurora_rl.train.controllers import CONTROLLERS, build_controller, learned_policy  # noqa: E402
+from aurora_rl.envs.controller_setup import learned_policy  # noqa: E402
+from aurora_rl.policies.controller_factory import CONTROLLERS, build_controller  # noqa: E402
 from aurora_rl.world import get_world, make_traffic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "controllers"

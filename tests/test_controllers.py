@@ -24,7 +24,7 @@ from aurora_rl.policies.learned_controller import CONTINUE, VERIFY, LearnedContr
 from aurora_rl.policies.prompt_lookup import PromptLookupDrafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.policies.suffix import SuffixDrafter
-from aurora_rl.train.controllers import CONTROLLERS, build_controller
+from aurora_rl.policies.controller_factory import CONTROLLERS, build_controller
 from conftest import perturbed_copy
 from test_lossless import EOS, chi_square_test, exact_distribution, peaked_llama, power_at_effect, seeded_prompts
 

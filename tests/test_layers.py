@@ -30,6 +30,8 @@ FORBIDDEN = {
     "envs": {"aurora_rl.online", "aurora_rl.runtime"},
     "runtime": {"gymnasium", "aurora_rl.envs"},
     "core": {"gymnasium"},
+    # The serve CLI shares the train CLI's sections and controllers through runtime/, policies/, envs/.
+    "serve": {"aurora_rl.train"},
 }
 
 

@@ -24,7 +24,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ from aurora_rl.core.trace import Trace, TopKProbs
 from aurora_rl.policies.draft_vocab import choose_draft_vocab, coverage
 from aurora_rl.policies.eagle import EagleDrafter
 from aurora_rl.policies.factory import DrafterSection
+from aurora_rl.settings import documented
 from aurora_rl.world import World
 from aurora_rl.world.cache import InvalidWorld, cache_root, exclusive_lock, read_manifest, staging_directory, write_manifest
 
@@ -54,21 +55,19 @@ class EaglePretrainRecipe:
     far more prompts and steps.
     """
 
-    hidden_layers: tuple[int, ...] = field(
-        default=(2, 15, 28), metadata={"help": "target hidden states fused by the head (low, mid, high)"}
-    )
-    draft_vocab_size: int = field(default=8192, metadata={"help": "reduced draft vocabulary (0 = full)"})
-    domains: tuple[str, ...] | None = field(default=None, metadata={"help": "world domains (None = all)"})
-    num_prompts: int = field(default=40, metadata={"help": "training prompts the target answers"})
-    max_new_tokens: int = field(default=48, metadata={"help": "tokens of each target answer"})
-    generate_batch: int = field(default=16, metadata={"help": "prompts per batched generate call"})
-    k: int = field(default=4, metadata={"help": "unrolled proposal positions per training trace"})
-    steps: int = field(default=150, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=16, metadata={"help": "traces per step"})
-    max_context: int = field(default=32, metadata={"help": "context tokens of true features per trace"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
-    seed: int = field(default=0, metadata={"help": "seeds prompt choice, init and batch order"})
-    topk: int = field(default=32, metadata={"help": "target probabilities kept per position"})
+    hidden_layers: tuple[int, ...] = documented("target hidden states fused by the head (low, mid, high)", (2, 15, 28))
+    draft_vocab_size: int = documented("reduced draft vocabulary (0 = full)", 8192)
+    domains: tuple[str, ...] | None = documented("world domains (None = all)", None)
+    num_prompts: int = documented("training prompts the target answers", 40)
+    max_new_tokens: int = documented("tokens of each target answer", 48)
+    generate_batch: int = documented("prompts per batched generate call", 16)
+    k: int = documented("unrolled proposal positions per training trace", 4)
+    steps: int = documented("optimizer steps", 150)
+    batch_size: int = documented("traces per step", 16)
+    max_context: int = documented("context tokens of true features per trace", 32)
+    lr: float = documented("AdamW learning rate", 1e-3)
+    seed: int = documented("seeds prompt choice, init and batch order", 0)
+    topk: int = documented("target probabilities kept per position", 32)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_layers", tuple(int(layer) for layer in self.hidden_layers))

@@ -103,6 +103,35 @@ class ProposesAsOneRow:
         return proposal
 
 
+class ProposesByLookup:
+    """Mixin for a lookup drafter's session (no model: suffix, prompt lookup): ``lookup``
+    picks the proposal from the tokens seen so far; ``propose`` remembers it, so that
+    ``commit`` hands ``extend`` what the sequence kept (the accepted proposals and the
+    target's next token). Each session sets ``self._proposed = []`` when it starts."""
+
+    _proposed: list[int]
+
+    def lookup(self, k: int, sampling: SamplingParams, generator: torch.Generator | None,
+               min_confidence: StopRule) -> tuple[list[int], torch.Tensor]:  # fmt: skip
+        """Up to ``k`` tokens continuing the sequence and their ``(n, V)`` draft probabilities."""
+        raise NotImplementedError
+
+    def extend(self, kept: list[int]) -> None:
+        """The sequence grew by ``kept``."""
+        raise NotImplementedError
+
+    def propose(
+        self, k: int, sampling: SamplingParams, generator: torch.Generator | None, min_confidence: StopRule = None
+    ) -> Proposal:
+        tokens, probs = self.lookup(k, sampling, generator, min_confidence)
+        self._proposed = tokens
+        return Proposal(torch.tensor(tokens, dtype=torch.long), probs)
+
+    def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
+        self.extend(self._proposed[:num_accepted] + [int(next_token)])
+        self._proposed = []
+
+
 @runtime_checkable
 class DraftPolicy(Protocol):
     """A drafter: proposes tokens for speculative decoding.

@@ -7,7 +7,7 @@ policy is a few numpy arrays the decoder runs without it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -16,23 +16,24 @@ from tqdm import tqdm
 
 from aurora_rl.envs.draft_length import CONTINUE, VERIFY, DraftLengthEnv
 from aurora_rl.policies.learned_controller import TinyPolicy
+from aurora_rl.settings import documented
 
 
 @dataclass(frozen=True)
 class PPOSettings:
     """The PPO run that trains a controller (SB3 ``PPO("MlpPolicy")`` arguments)."""
 
-    total_steps: int = field(default=6144, metadata={"help": "env steps (draft decisions) of training"})
-    n_envs: int = field(default=4, metadata={"help": "env copies stepped together (sharing one target)"})
-    n_steps: int = field(default=128, metadata={"help": "steps per env between updates"})
-    batch_size: int = field(default=128, metadata={"help": "minibatch size"})
-    n_epochs: int = field(default=10, metadata={"help": "passes over each rollout"})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Adam learning rate"})
-    gamma: float = field(default=0.9, metadata={"help": "discount per draft decision (a decision matters for its own verify step, a few decisions)"})
-    gae_lambda: float = field(default=0.9, metadata={"help": "GAE lambda"})
-    ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus"})
-    hidden: tuple[int, ...] = field(default=(16, 16), metadata={"help": "the exported actor's hidden widths"})
-    seed: int = field(default=0, metadata={"help": "seeds PPO and the envs"})
+    total_steps: int = documented("env steps (draft decisions) of training", 6144)
+    n_envs: int = documented("env copies stepped together (sharing one target)", 4)
+    n_steps: int = documented("steps per env between updates", 128)
+    batch_size: int = documented("minibatch size", 128)
+    n_epochs: int = documented("passes over each rollout", 10)
+    learning_rate: float = documented("Adam learning rate", 2e-3)
+    gamma: float = documented("discount per draft decision (a decision matters for its own verify step, a few decisions)", 0.9)
+    gae_lambda: float = documented("GAE lambda", 0.9)
+    ent_coef: float = documented("entropy bonus", 0.0)
+    hidden: tuple[int, ...] = documented("the exported actor's hidden widths", (16, 16))
+    seed: int = documented("seeds PPO and the envs", 0)
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "n_envs", "n_steps", "batch_size", "n_epochs"):

@@ -59,18 +59,13 @@ class OnlineLearning:
         self._control = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aurora-control")
 
     @property
-    def needs_exploration(self) -> bool:
-        """True if greedy requests should let the draft sample its proposals (e.g. PG)."""
-        return self.learner.needs_exploration
-
-    @property
     def monitor(self) -> SwapMonitor:
         return self.learner.monitor
 
     def decode_config(self, decode: DecodeConfig) -> DecodeConfig:
         """``decode`` as this learner needs it: an algorithm that learns from sampled
-        proposals gets the configured exploration temperature unless one is set."""
-        if self.needs_exploration and decode.explore_temperature is None:
+        proposals (e.g. PG) gets the configured exploration temperature unless one is set."""
+        if self.learner.needs_exploration and decode.explore_temperature is None:
             return replace(decode, explore_temperature=self.algo.explore_temperature)
         return decode
 

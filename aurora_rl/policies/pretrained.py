@@ -10,13 +10,13 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.settings import documented
 from aurora_rl.world import World, resolve_precision, train_causal_lm
+from aurora_rl.world.lm_training import pack_examples
 from aurora_rl.world.tokenizer import encoded_examples
 from aurora_rl.world.cache import InvalidWorld, cache_root, exclusive_lock, read_manifest, staging_directory, write_manifest
 
@@ -28,14 +28,12 @@ REQUIRED_FILES = ("policy.json", "config.json", "model.safetensors")
 
 @dataclass(frozen=True)
 class DrafterRecipe:
-    domains: tuple[str, ...] | None = field(
-        default=None, metadata={"help": "world domains to pretrain on (None = all of them)"}
-    )
-    steps: int = field(default=300, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per step"})
-    seq_len: int = field(default=128, metadata={"help": "tokens per sequence"})
-    lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate"})
-    seed: int = field(default=0, metadata={"help": "seeds init and batch order"})
+    domains: tuple[str, ...] | None = documented("world domains to pretrain on (None = all of them)", None)
+    steps: int = documented("optimizer steps", 300)
+    batch_size: int = documented("sequences per step", 16)
+    seq_len: int = documented("tokens per sequence", 128)
+    lr: float = documented("peak AdamW learning rate", 3e-3)
+    seed: int = documented("seeds init and batch order", 0)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len"):
@@ -96,7 +94,7 @@ def _train(world: World, recipe: DrafterRecipe, progress: bool, precision: str) 
     # Tokenised exactly as the target was trained (prompt and reference separately), so the
     # drafter never learns a token the target cannot emit at the prompt boundary.
     examples = encoded_examples(tokenizer, data["prompt"], data["reference"])
-    stream = torch.tensor([token for ids, _ in examples for token in ids], dtype=torch.long)
+    stream = pack_examples(examples)
     drafter = SmallLMDrafter.from_config(world.drafter_config(), seed=recipe.seed)
     train_causal_lm(
         drafter.model,

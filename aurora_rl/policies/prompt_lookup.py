@@ -11,20 +11,21 @@ latest occurrence is updated as tokens are committed: O(max_ngram) per token, O(
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from aurora_rl.core.draft import Proposal, ProposesRowByRow, StopRule, stop_drafting_on_counts
+from aurora_rl.core.draft import ProposesByLookup, ProposesRowByRow, StopRule, stop_drafting_on_counts
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.policies.checkpoint import read_manifest, write_manifest
+from aurora_rl.settings import documented
 
 
 @dataclass
 class PromptLookupConfig:
-    max_ngram: int = field(default=3, metadata={"help": "longest n-gram matched (tried first)"})
-    min_ngram: int = field(default=1, metadata={"help": "shortest n-gram matched"})
+    max_ngram: int = documented("longest n-gram matched (tried first)", 3)
+    min_ngram: int = documented("shortest n-gram matched", 1)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_ngram <= self.max_ngram:
@@ -34,31 +35,26 @@ class PromptLookupConfig:
             )
 
 
-class PromptLookupSession:
+class PromptLookupSession(ProposesByLookup):
     def __init__(self, config: PromptLookupConfig, vocab_size: int, context_ids: torch.Tensor) -> None:
         self.config = config
         self.vocab_size = vocab_size
         self.tokens: list[int] = []
         self.after: dict[tuple[int, ...], int] = {}  # n-gram -> index right after its latest occurrence
         self._proposed: list[int] = []
-        self._append([int(t) for t in context_ids])
+        self.extend([int(t) for t in context_ids])
 
-    def _append(self, new: list[int]) -> None:
+    def extend(self, kept: list[int]) -> None:
         # An n-gram is indexed once a token follows it, so a lookup never finds the tail itself.
-        for token in new:
+        for token in kept:
             end = len(self.tokens)
             for n in range(self.config.min_ngram, self.config.max_ngram + 1):
                 if end >= n:
                     self.after[tuple(self.tokens[end - n : end])] = end
             self.tokens.append(token)
 
-    def propose(
-        self,
-        k: int,
-        sampling: SamplingParams,
-        generator: torch.Generator | None,
-        min_confidence: StopRule = None,
-    ) -> Proposal:
+    def lookup(self, k: int, sampling: SamplingParams, generator: torch.Generator | None,
+               min_confidence: StopRule) -> tuple[list[int], torch.Tensor]:  # fmt: skip
         tokens = self.tokens
         found: list[int] = []
         for n in range(min(self.config.max_ngram, len(tokens)), self.config.min_ngram - 1, -1):
@@ -72,14 +68,9 @@ class PromptLookupSession:
             if stop_drafting_on_counts(min_confidence, position, [token], [1], token, self.vocab_size):
                 found = found[: position + 1]
                 break
-        self._proposed = found
         probs = torch.zeros(len(found), self.vocab_size)
         probs[torch.arange(len(found)), torch.tensor(found, dtype=torch.long)] = 1.0
-        return Proposal(torch.tensor(found, dtype=torch.long), probs)
-
-    def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
-        self._append(self._proposed[:num_accepted] + [int(next_token)])
-        self._proposed = []
+        return found, probs
 
 
 class PromptLookupDrafter(ProposesRowByRow):

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import torch
 
-from aurora_rl.core.draft import Proposal, ProposesRowByRow, StopRule
+from aurora_rl.core.draft import ProposesByLookup, ProposesRowByRow, StopRule
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.policies.checkpoint import read_manifest, write_manifest
 from aurora_rl.policies.suffix_index import SuffixIndex
@@ -41,7 +41,6 @@ from aurora_rl.policies.suffix_paths import greedy_path, proposal_probs, sampled
 from aurora_rl.settings import documented
 
 INDEX_FILE = "suffix_index.json"
-
 
 
 @dataclass
@@ -64,7 +63,7 @@ class SuffixConfig:
             raise ValueError(f"drafter.suffix.min_token_prob={self.min_token_prob} must be in [0, 1)")
 
 
-class SuffixSession:
+class SuffixSession(ProposesByLookup):
     """One request: its own trie, and its output's sequence in the global trie."""
 
     def __init__(self, drafter: "SuffixDrafter", context_ids: torch.Tensor) -> None:
@@ -99,13 +98,8 @@ class SuffixSession:
         with self.drafter.lock:
             return self.best_path(k)[3]
 
-    def propose(
-        self,
-        k: int,
-        sampling: SamplingParams,
-        generator: torch.Generator | None,
-        min_confidence: StopRule = None,
-    ) -> Proposal:
+    def lookup(self, k: int, sampling: SamplingParams, generator: torch.Generator | None,
+               min_confidence: StopRule) -> tuple[list[int], torch.Tensor]:  # fmt: skip
         min_prob, vocab = self.drafter.config.min_token_prob, self.drafter.vocab_size
         with self.drafter.lock:  # the global trie grows on the decode thread, snapshots read it elsewhere
             index, node, limit, _ = self.best_path(k)
@@ -115,17 +109,13 @@ class SuffixSession:
                 path = truncate_unconfident(greedy_path(node, limit, min_prob), min_confidence, vocab)
             else:
                 path = sampled_path(node, limit, min_prob, min_confidence, generator, vocab)
-        self._proposed = path.tokens
-        tokens = torch.tensor(path.tokens, dtype=torch.long)
-        return Proposal(tokens, proposal_probs(path, self.drafter.vocab_size, one_hot=sampling.greedy))
+        return path.tokens, proposal_probs(path, self.drafter.vocab_size, one_hot=sampling.greedy)
 
-    def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
-        kept = self._proposed[:num_accepted] + [int(next_token)]
+    def extend(self, kept: list[int]) -> None:
         self.tokens += kept
         if self.local is not None:
             self.local.extend(0, kept)
         self.drafter.add_output(self.seq_id, kept)
-        self._proposed = []
 
 
 class SuffixDrafter(ProposesRowByRow):

@@ -38,13 +38,13 @@ import torch
 from aurora_rl.algos.eagle_pretrain import eagle_pretrainer
 from aurora_rl.core.fp16_weights import apply_target_weights
 from aurora_rl.core.target import Target, load_model_and_tokenizer
+from aurora_rl.envs.controller_setup import configured_controller
 from aurora_rl.policies import factory
 from aurora_rl.serve.config import describe, load_config, to_yaml
 from aurora_rl.settings import config_from_cli
 from aurora_rl.runtime import http
+from aurora_rl.runtime.config import TrafficSection
 from aurora_rl.runtime.server import build_server
-from aurora_rl.train.config import TrafficSection
-from aurora_rl.train.controllers import configured_controller
 from aurora_rl.world import get_world
 
 API_KEY_ENV = "AURORA_RL_API_KEY"

@@ -1,9 +1,9 @@
 """The configuration of ``python -m aurora_rl.serve``, and the key=value parsing both serving
 CLIs share.
 
-It reuses the train CLI's world / decode / drafter sections and the algorithm and learner
-configs, so a draft, a learning rule and a schedule mean the same in a training run and a
-server. Precedence: dataclass defaults < ``--config file.yaml`` < ``key=value``. Every
+It composes the world / decode sections both CLIs share (``aurora_rl.runtime.config``),
+the drafter section and the algorithm and learner configs, so a draft, a learning rule and
+a schedule mean the same in a training run and a server. Precedence: dataclass defaults < ``--config file.yaml`` < ``key=value``. Every
 mistake is a :class:`ConfigError` naming the key and the fix, raised before any work.
 """
 
@@ -12,11 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from aurora_rl.algos.config import AlgoConfig
-from aurora_rl.runtime.config import EngineSection, ServerSection, SnapshotSection
+from aurora_rl.runtime.config import (
+    DecodeSection,
+    EngineSection,
+    ServerSection,
+    SnapshotSection,
+    WorldSection,
+    check_suffix_depth,
+)
 from aurora_rl.runtime.follow import follow_and_learn_error
 from aurora_rl.online.learner import LearnerConfig
 from aurora_rl.policies.factory import DRAFTER_KINDS, LEARNED_KINDS, MODEL_FREE_KINDS, DrafterSection
-from aurora_rl.train.config import DecodeSection, WorldSection, check_suffix_depth
 from aurora_rl import settings
 from aurora_rl.settings import ConfigError, check_paths, documented, parse_overrides
 from aurora_rl.settings import describe as describe_fields

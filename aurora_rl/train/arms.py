@@ -9,11 +9,11 @@ from transformers import PreTrainedTokenizerBase
 
 from aurora_rl.algos.eagle_pretrain import eagle_pretrainer
 from aurora_rl.core.target import Target, eos_token_ids
+from aurora_rl.envs.controller_setup import configured_controller
 from aurora_rl.online.rounds import finetune_offline
 from aurora_rl.policies import factory
 from aurora_rl.policies.factory import MODEL_FREE_KINDS
 from aurora_rl.train.config import ARMS, TrainConfig
-from aurora_rl.train.controllers import configured_controller
 from aurora_rl.world import World
 from aurora_rl.world.traffic import make_traffic
 

@@ -21,7 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .corpus import SPLITS, build_corpus
 from .evaluation import heldout_perplexity
-from .lm_training import train_causal_lm
+from .lm_training import pack_examples, train_causal_lm
 from .precision import native_bf16
 from .recipe import BUILD_VERSION, ModelShape, WorldRecipe
 from .tokenizer import encoded_examples, train_tokenizer
@@ -71,7 +71,7 @@ def build_world(recipe: WorldRecipe, directory: Path, *, progress: bool = True, 
     tokenizer = train_tokenizer(prompts + references, recipe.vocab_size, recipe.max_positions)
     tokenizer.save_pretrained(directory)
     examples = encoded_examples(tokenizer, prompts, references)
-    stream = torch.tensor([token for ids, _ in examples for token in ids], dtype=torch.long)
+    stream = pack_examples(examples)
     stage_seconds["tokenizer"] = time.perf_counter() - mark
 
     mark = time.perf_counter()

@@ -34,6 +34,12 @@ def pack_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> torc
     )
 
 
+def pack_examples(examples: Sequence[tuple[list[int], int]]) -> torch.Tensor:
+    """The ids of ``tokenizer.encoded_examples`` end to end, in order: shape (total_tokens,),
+    int64 -- the stream the target, and every drafter pretrained on the world's text, trains on."""
+    return torch.tensor([token for ids, _ in examples for token in ids], dtype=torch.long)
+
+
 def window_starts(stream: torch.Tensor, seq_len: int, bos_token_id: int | None) -> torch.Tensor:
     """Offsets where a training window of seq_len + 1 tokens may start, shape (num_starts,).
 

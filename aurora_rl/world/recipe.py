@@ -11,10 +11,12 @@ import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import LlamaConfig
+
+from aurora_rl.settings import documented
 
 from .domains import GENERATORS
 from .gguf import smollm2_gguf
@@ -33,10 +35,10 @@ _NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 class ModelShape:
     """The size of a Llama-style causal LM; vocabulary and special ids come from the world."""
 
-    layers: int = field(metadata={"help": "Number of decoder layers (>= 1)."})
-    hidden: int = field(metadata={"help": "Model width d; must be divisible by `heads`."})
-    heads: int = field(metadata={"help": "Attention heads (no grouped-query sharing); head dim = hidden / heads."})
-    intermediate: int = field(metadata={"help": "Width of the SwiGLU MLP (>= 1)."})
+    layers: int = documented("Number of decoder layers (>= 1).")
+    hidden: int = documented("Model width d; must be divisible by `heads`.")
+    heads: int = documented("Attention heads (no grouped-query sharing); head dim = hidden / heads.")
+    intermediate: int = documented("Width of the SwiGLU MLP (>= 1).")
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "intermediate"):
@@ -84,37 +86,33 @@ class WorldRecipe:
     samples outside them are redrawn.
     """
 
-    name: str = field(default="default", metadata={"help": "Cache directory prefix; letters, digits, '-' and '_'."})
-    seed: int = field(default=0, metadata={"help": "Seeds generated corpora, weight init and batch order."})
-    domains: tuple[str, ...] = field(
-        default=("code", "prose", "math", "sql", "chat"),
-        metadata={"help": f"Text domains, in order; each one of {sorted(GENERATORS)}."},
+    name: str = documented("Cache directory prefix; letters, digits, '-' and '_'.", "default")
+    seed: int = documented("Seeds generated corpora, weight init and batch order.", 0)
+    domains: tuple[str, ...] = documented(
+        f"Text domains, in order; each one of {sorted(GENERATORS)}.", ("code", "prose", "math", "sql", "chat")
     )
-    train_samples_per_domain: int = field(default=1600, metadata={"help": "Training samples per domain."})
-    heldout_samples_per_domain: int = field(default=200, metadata={"help": "Held-out samples per domain."})
-    prompt_chars: tuple[int, int] = field(default=(40, 240), metadata={"help": "(min, max) prompt length, chars."})
-    reference_chars: tuple[int, int] = field(
-        default=(100, 480), metadata={"help": "(min, max) reference continuation length, chars."}
-    )
-    vocab_size: int = field(default=4096, metadata={"help": f"Byte-level BPE vocabulary size (>= {MIN_VOCAB_SIZE})."})
+    train_samples_per_domain: int = documented("Training samples per domain.", 1600)
+    heldout_samples_per_domain: int = documented("Held-out samples per domain.", 200)
+    prompt_chars: tuple[int, int] = documented("(min, max) prompt length, chars.", (40, 240))
+    reference_chars: tuple[int, int] = documented("(min, max) reference continuation length, chars.", (100, 480))
+    vocab_size: int = documented(f"Byte-level BPE vocabulary size (>= {MIN_VOCAB_SIZE}).", 4096)
     # Sized so that the default world builds in under ~10 minutes on 2 cores in plain fp32 (CPUs
     # without native bf16): 6 layers keep the draft/target cost ratio of a deep target, a
     # 256-wide model and 12 x 256-token batches keep the FLOPs per step at ~1/2.6 of the
     # 384-wide, 16-sequence recipe of BUILD_VERSION 2 (measured 6.1 vs 2.3 CPU-s per step).
-    target: ModelShape = field(
-        default=ModelShape(layers=6, hidden=256, heads=4, intermediate=768),
-        metadata={"help": "Shape of the trained target model."},
+    target: ModelShape = documented(
+        "Shape of the trained target model.", ModelShape(layers=6, hidden=256, heads=4, intermediate=768)
     )
-    drafter: ModelShape = field(
-        default=ModelShape(layers=1, hidden=128, heads=2, intermediate=384),
-        metadata={"help": "Shape of the world's default (untrained) small-LM drafter config."},
+    drafter: ModelShape = documented(
+        "Shape of the world's default (untrained) small-LM drafter config.",
+        ModelShape(layers=1, hidden=128, heads=2, intermediate=384),
     )
-    max_positions: int = field(default=512, metadata={"help": "max_position_embeddings of both models (>= seq_len)."})
-    train_steps: int = field(default=400, metadata={"help": "Optimizer steps for the target."})
-    batch_size: int = field(default=12, metadata={"help": "Sequences per target training step."})
-    seq_len: int = field(default=256, metadata={"help": "Tokens per training sequence."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate (cosine decay)."})
-    warmup_steps: int = field(default=30, metadata={"help": "Linear warm-up steps (<= train_steps)."})
+    max_positions: int = documented("max_position_embeddings of both models (>= seq_len).", 512)
+    train_steps: int = documented("Optimizer steps for the target.", 400)
+    batch_size: int = documented("Sequences per target training step.", 12)
+    seq_len: int = documented("Tokens per training sequence.", 256)
+    learning_rate: float = documented("Peak AdamW learning rate (cosine decay).", 2e-3)
+    warmup_steps: int = documented("Linear warm-up steps (<= train_steps).", 30)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
@@ -171,17 +169,17 @@ class ChatWorldRecipe:
     The corpus fields mean what they mean in ``WorldRecipe`` (``build_corpus`` reads them).
     """
 
-    name: str = field(default="smollm2", metadata={"help": "Cache directory prefix."})
-    model: str = field(default="smollm2", metadata={"help": "'smollm2' (the pip-shipped GGUF) or a *.gguf path."})
-    seed: int = field(default=0, metadata={"help": "Seeds the generated corpora."})
-    domains: tuple[str, ...] = field(default=("code", "prose", "math", "sql", "chat"), metadata={"help": "Domains."})
-    train_samples_per_domain: int = field(default=200, metadata={"help": "Training prompts per domain."})
-    heldout_samples_per_domain: int = field(default=40, metadata={"help": "Held-out prompts per domain."})
-    prompt_chars: tuple[int, int] = field(default=(40, 240), metadata={"help": "(min, max) prompt length, chars."})
-    reference_chars: tuple[int, int] = field(default=(100, 480), metadata={"help": "(min, max) reference, chars."})
-    drafter: ModelShape = field(
-        default=ModelShape(layers=2, hidden=256, heads=4, intermediate=768),
-        metadata={"help": "Shape of the world's small-LM drafter config (the model's vocabulary and special ids)."},
+    name: str = documented("Cache directory prefix.", "smollm2")
+    model: str = documented("'smollm2' (the pip-shipped GGUF) or a *.gguf path.", "smollm2")
+    seed: int = documented("Seeds the generated corpora.", 0)
+    domains: tuple[str, ...] = documented("Domains.", ("code", "prose", "math", "sql", "chat"))
+    train_samples_per_domain: int = documented("Training prompts per domain.", 200)
+    heldout_samples_per_domain: int = documented("Held-out prompts per domain.", 40)
+    prompt_chars: tuple[int, int] = documented("(min, max) prompt length, chars.", (40, 240))
+    reference_chars: tuple[int, int] = documented("(min, max) reference, chars.", (100, 480))
+    drafter: ModelShape = documented(
+        "Shape of the world's small-LM drafter config (the model's vocabulary and special ids).",
+        ModelShape(layers=2, hidden=256, heads=4, intermediate=768),
     )
 
     def __post_init__(self) -> None:
