@@ -50,6 +50,13 @@ def test_a_kind_not_played_keeps_its_last_reading():
     assert overhead.factor == pytest.approx(1.0, rel=1e-6)
 
 
+def test_one_stalled_step_counts_as_at_most_three_times_its_model():
+    overhead = SpeculationOverhead(COST, gamma=1.0, prior_steps=1e-6)
+    overhead.record(0, COST.step_seconds(0))
+    overhead.record(4, 1000 * COST.step_seconds(4))  # a GC pause or a first-call allocation
+    assert overhead.factor == pytest.approx(3.0, rel=1e-5)
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"gamma": 0.0}, "gamma must be in (0, 1], got 0.0"),
     ({"prior_steps": 0}, "prior_steps must be > 0, got 0"),

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from aurora_rl.core.sampling import GREEDY, SamplingParams
+from aurora_rl.core.spec import DecodeConfig, speculate_step, start_decode
+from aurora_rl.core.target import Target
 from aurora_rl.core.trace import Trace
 from aurora_rl.policies.hybrid import HybridDrafter
 from aurora_rl.policies.prompt_lookup import PromptLookupConfig, PromptLookupDrafter
@@ -135,6 +137,45 @@ def test_hybrid_relabels_suffix_steps_onto_the_target_path_and_saves_both_parts(
     loaded = HybridDrafter.from_pretrained(tmp_path / "h", SmallLMDrafter.from_pretrained)
     assert loaded.suffix.index.sequences() == suffix.index.sequences()
     assert all(torch.equal(a, b) for a, b in zip(loaded.learned.model.state_dict().values(), learned.model.state_dict().values()))
+
+
+class NeverDraft:
+    """A controller that budgets no proposals and records every verdict it is shown."""
+
+    name = "never"
+
+    def __init__(self) -> None:
+        self.asked, self.observed = 0, []
+
+    def start(self):
+        return self
+
+    def budget(self, limit: int, context_len: int) -> int:
+        self.asked += 1
+        return 0
+
+    def stop(self, position, raw_logits, token) -> bool:
+        return False
+
+    def observe(self, num_proposed: int, num_accepted: int) -> None:
+        self.observed.append((num_proposed, num_accepted))
+
+
+def test_hybrid_suffix_steps_are_not_the_controllers_and_its_learned_steps_are():
+    target = Target(make_llama(20, 16, 1, seed=5))
+    suffix = SuffixDrafter(20, SuffixConfig(max_depth=8, use_request=False))
+    suffix.add_output(99, [1, 2, 3, 4, 5, 6])
+    hybrid = HybridDrafter(SmallLMDrafter(make_llama(20, 16, 1, seed=3)), suffix, min_suffix_score=1.0)
+    controller = NeverDraft()
+    config = DecodeConfig(k=3, controller=controller)
+    # A context the trie continues: a free suffix step with the whole k, unseen by the controller.
+    matched = start_decode(target, [0, 1, 2, 3], 8, max_k=3)
+    trace = speculate_step(hybrid, target, matched, config)
+    assert trace.proposed.tolist() == [4, 5, 6] and (controller.asked, controller.observed) == (0, [])
+    # No match: the learned drafter's step, which the controller budgets (0 here) and observes.
+    unmatched = start_decode(target, [0, 9, 9, 9], 8, max_k=3)
+    trace = speculate_step(hybrid, target, unmatched, config)
+    assert trace.num_proposed == 0 and (controller.asked, controller.observed) == (1, [(0, 0)])
 
 
 @pytest.mark.parametrize(

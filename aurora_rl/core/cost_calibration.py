@@ -22,6 +22,8 @@ from typing import Callable
 
 from aurora_rl.core.cost import CostModel
 
+MAX_SAMPLE_RATIO = 3.0
+
 
 class SpeculationOverhead:
     """Discounted measured/modelled step seconds for plain and drafting steps.
@@ -37,7 +39,7 @@ class SpeculationOverhead:
     """
 
     def __init__(
-        self, cost: CostModel, gamma: float = 0.99, prior_steps: float = 4.0,
+        self, cost: CostModel, gamma: float = 0.99, prior_steps: float = 8.0,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not 0 < gamma <= 1:
@@ -62,6 +64,10 @@ class SpeculationOverhead:
 
     def record(self, k: int, seconds: float) -> None:
         """A step that drafted ``k`` tokens took ``seconds`` (draft + verify + settle)."""
+        modelled = self.cost.step_seconds(k)
+        # One stalled step (a GC pause, a first-call allocation, a burst of other work)
+        # must not decide for hundreds: a sample counts at most MAX_SAMPLE_RATIO x its model.
+        measured = min(max(seconds, 0.0), MAX_SAMPLE_RATIO * modelled)
         sums = self._sums[k > 0]
-        sums[0] = sums[0] * self.gamma + max(seconds, 0.0)
-        sums[1] = sums[1] * self.gamma + self.cost.step_seconds(k)
+        sums[0] = sums[0] * self.gamma + measured
+        sums[1] = sums[1] * self.gamma + modelled

@@ -94,7 +94,7 @@ def _settle(
         state.finish_reason = "eos"
     elif state.remaining <= 0:
         state.finish_reason = "length"
-    if state.controller is not None:
+    if state.controller is not None and not state.lookup_step:
         state.controller.observe(len(proposal), num_accepted)
     if session is not None and not state.finished:
         session.commit(
@@ -139,20 +139,33 @@ def verify_step(
     return _settle(state, proposal, scored, config, generator, draft_version, session)
 
 
-def _draft_for(state: DecodeState, config: DecodeConfig) -> int:
+def _draft_for(state: DecodeState, config: DecodeConfig, session: DraftSession) -> int:
     """How many proposals this step may draw: ``k``, less near the end of the budget, or
-    what the request's controller allows."""
+    what the request's controller allows.
+
+    A step whose proposal is a free lookup (``session.proposes_by_lookup(limit)``, e.g. the
+    hybrid's suffix steps) is not the controller's: it gets the whole ``limit`` (the lookup
+    cuts its own length) and the controller does not see its verdict, so the controller's
+    statistics describe the drafter whose forwards cost time.
+    """
     limit = min(config.k, state.remaining - 1)
-    if config.controller is None or limit <= 0:
+    state.lookup_step = limit > 0 and bool(getattr(session, "proposes_by_lookup", _never)(limit))
+    if config.controller is None or limit <= 0 or state.lookup_step:
         return limit
     if state.controller is None:
         state.controller = config.controller.start()
     return max(0, min(limit, state.controller.budget(limit, state.length)))
 
 
+def _never(limit: int) -> bool:
+    return False
+
+
 def _stop_rule(state: DecodeState, config: DecodeConfig) -> StopRule:
     """When drafting stops early this step: the controller's call, else ``draft_confidence``."""
-    return state.controller.stop if state.controller is not None else config.draft_confidence
+    if state.controller is not None and not state.lookup_step:
+        return state.controller.stop
+    return config.draft_confidence
 
 
 def speculate_step(
@@ -170,7 +183,7 @@ def speculate_step(
     if policy is None:
         return verify_step(target, state, _no_proposal(target.vocab_size), config, generator)
     session = sync_session(state, policy)
-    k_step = _draft_for(state, config)
+    k_step = _draft_for(state, config, session)
     if k_step > 0:
         proposal = session.propose(k_step, config.draft_sampling, generator, _stop_rule(state, config))
     else:
@@ -207,7 +220,8 @@ def speculate_batch(
         return verify_batch(target, states, proposals, configs, generators)
     sessions = [sync_session(state, policy) for state in states]
     proposals = [_no_proposal(policy.vocab_size) for _ in states]
-    budgets = [_draft_for(state, config) for state, config in zip(states, configs)]  # once: controllers decide here
+    budgets = [_draft_for(state, config, session)  # once: controllers decide here
+               for state, config, session in zip(states, configs, sessions)]
     drafting = [row for row, budget in enumerate(budgets) if budget > 0]
     if drafting:
         ks = [budgets[row] for row in drafting]

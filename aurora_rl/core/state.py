@@ -35,6 +35,8 @@ class DecodeState:
             policy version that opened it (a new version opens a new session).
         controller: this request's draft-length controller session (opened on the first
             step by ``DecodeConfig.controller``), or None.
+        lookup_step: whether the current step's proposal is a free lookup that the
+            controller neither budgets nor observes (``core/spec.py::_draft_for``).
     """
 
     request_id: str
@@ -49,6 +51,7 @@ class DecodeState:
     session: DraftSession | None = None
     session_version: int | None = None
     controller: ControllerSession | None = None
+    lookup_step: bool = False
     steps: int = 0
     finish_reason: str | None = None  # "eos" | "length"
     created: float = field(default_factory=time.time)

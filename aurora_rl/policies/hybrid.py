@@ -52,6 +52,11 @@ class HybridSession(ProposesAsOneRow):
     def use_suffix(self, k: int) -> bool:
         return self.suffix.score(k) >= self.drafter.min_suffix_score
 
+    def proposes_by_lookup(self, limit: int) -> bool:
+        """A suffix step costs no forward pass: the draft-length controller leaves it alone
+        (it budgets and learns from the learned drafter's steps only)."""
+        return self.use_suffix(limit)
+
     def propose_rows(self, sessions, ks, samplings, generators, min_confidences) -> list[Proposal]:
         return self.drafter.propose_batch(sessions, ks, samplings, generators, min_confidences)
 

@@ -41,14 +41,15 @@ def print_table(results: dict[str, dict]) -> None:
     labels = [p["label"] for p in first["phases"]]
     reference = results.get("target_only", {}).get("tokens_per_s")
     header = (f"{'arm':18s} {'tau':>6s} " + " ".join(f"{label[:9]:>9s}" for label in labels)
-              + f" {'tok/s':>7s} {'vs target':>9s} {'versions':>8s}")
+              + f" {'mean k':>6s} {'tok/s':>7s} {'vs target':>9s} {'versions':>8s}")
     print("\n" + header + "\n" + "-" * len(header))
     for arm, r in results.items():
         phases = " ".join(f"{p['accepted_length']:9.2f}" for p in r["phases"])
         speedup = f"{r['tokens_per_s'] / reference:8.2f}x" if reference else f"{'-':>9s}"
-        print(f"{arm:18s} {r['accepted_length']:6.2f} {phases} {r['tokens_per_s']:7.1f} {speedup} {r['versions_published']:8d}")
-    print("tau = accepted length: tokens emitted per target verify step (accepted drafts + 1); "
-          "vs target = tokens/s relative to target_only")
+        print(f"{arm:18s} {r['accepted_length']:6.2f} {phases} {r['mean_k']:6.2f} {r['tokens_per_s']:7.1f} {speedup} "
+              f"{r['versions_published']:8d}")
+    print("tau = accepted length: tokens emitted per target verify step (accepted drafts + 1); mean k = proposals "
+          "per verify step; vs target = tokens/s relative to target_only")
 
 
 def main(argv: list[str] | None = None) -> int:

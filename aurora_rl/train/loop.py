@@ -123,6 +123,8 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
         "learner_state": learner.state if learner else "none",
         "learner_error": learner.error if learner else None,
         "suffix_share": getattr(live.current, "suffix_share", None) if live else None,
+        # measured / modelled cost of a drafting step, relative to a plain one (goodput controller)
+        "speculation_overhead": getattr(getattr(controller, "overhead", None), "factor", None),
     }
     result = recorder.summary(extra)
     hparams = {"arm": arm, "algo": cfg.algo.name, "k": cfg.decode.k, "schedule": cfg.traffic.schedule,

@@ -42,6 +42,7 @@ class ArmRecorder:
             "phase": request.phase,
             "tokens": stats.completion_tokens,
             "steps": stats.verify_steps,
+            "proposed": stats.proposed_tokens,
             "accepted": stats.accepted_tokens,
             "accepted_length": stats.accepted_length,
             "decode_seconds": decode_seconds,
@@ -75,6 +76,7 @@ class ArmRecorder:
             seconds = sum(r["decode_seconds"] for r in rows)
             return {
                 "accepted_length": tokens / max(steps, 1),
+                "mean_k": sum(r["proposed"] for r in rows) / max(steps, 1),  # proposals per verify step
                 "tokens_per_s": tokens / max(seconds, 1e-9),
                 "requests": len(rows),
             }
