@@ -2,8 +2,10 @@
 
     python experiments/controller_study.py --world tiny
     python experiments/controller_study.py --world default --num-prompts 24
+    python experiments/controller_study.py --config configs/smollm2.yaml --num-prompts 10 --max-new-tokens 48
 
-One target, one draft (the world's small LM pretrained on all domains), the same held-out
+One target, one draft (the world's small LM pretrained on all domains, or the static drafter
+of ``--config``, e.g. SmolLM2's EAGLE-3 head), the same held-out
 prompts; every controller decodes every prompt, controllers interleaved per prompt (so
 machine noise hits all alike), greedily, after a warm-up. Every output is checked to be the
 target-only output (lossless). The learned controller's policy is trained with PPO on
@@ -31,10 +33,12 @@ from tqdm import tqdm  # noqa: E402
 from aurora_rl.core.cost_profile import cached_cost_model  # noqa: E402
 from aurora_rl.core.generate import SpeculativeDecoder  # noqa: E402
 from aurora_rl.core.spec import DecodeConfig  # noqa: E402
-from aurora_rl.core.target import Target  # noqa: E402
+from aurora_rl.core.target import Target, eos_token_ids  # noqa: E402
 from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter  # noqa: E402
 from aurora_rl.envs.controller_setup import learned_policy  # noqa: E402
 from aurora_rl.policies.controller_factory import CONTROLLERS, build_controller  # noqa: E402
+from aurora_rl.train.arms import build_setting, pretrained  # noqa: E402
+from aurora_rl.train.config import load_config  # noqa: E402
 from aurora_rl.world import get_world, make_traffic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "controllers"
@@ -50,18 +54,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="a train config (e.g. configs/smollm2.yaml): its world, target weights and static "
+                             "pretrained drafter (an EAGLE head there) instead of --world's small LM")
+    parser.add_argument("--controllers", default=",".join(CONTROLLERS),
+                        help=f"comma-separated, from {', '.join(CONTROLLERS)} (default: all)")
     args = parser.parse_args(argv)
+    args.command = " ".join(["python experiments/controller_study.py", *(sys.argv[1:] if argv is None else argv)])
     if args.threads:
         torch.set_num_threads(args.threads)
+    chosen = [name for name in args.controllers.split(",") if name]
+    unknown = sorted(set(chosen) - set(CONTROLLERS))
+    if unknown:
+        parser.error(f"unknown controllers {unknown}: choose from {', '.join(CONTROLLERS)}")
 
-    world = get_world(args.world)
-    tokenizer, target = world.tokenizer(), Target(world.target())
-    drafter = pretrained_drafter(world, DrafterRecipe())
-    eos = [tokenizer.eos_token_id]
+    if args.config is not None:  # the config's world, target and static drafter, as the train CLI builds them
+        setting = build_setting(load_config(["--config", str(args.config)]))
+        world, tokenizer, target = setting.world, setting.tokenizer, setting.target
+        drafter, drafter_key = pretrained(setting), {"config": args.config.read_text()}
+    else:
+        world = get_world(args.world)
+        tokenizer, target = world.tokenizer(), Target(world.target())
+        drafter, drafter_key = pretrained_drafter(world, DrafterRecipe()), DrafterRecipe().__dict__
+    eos = eos_token_ids(tokenizer)
     cost = cached_cost_model(target, drafter, args.k)
     print(f"cost model: {cost.summary()}")
-    policy = learned_policy(world, target, tokenizer, drafter, cost, args.k, args.max_new_tokens,
-                            json.dumps({"study": "all-domains", **DrafterRecipe().__dict__}, default=str), seed=args.seed)
+    policy = None
+    if "learned" in chosen:
+        policy = learned_policy(world, target, tokenizer, drafter, cost, args.k, args.max_new_tokens,
+                                json.dumps({"study": "all-domains", **drafter_key}, default=str), seed=args.seed)
     stream = make_traffic(world.dataset("heldout"), "mixed", args.num_prompts + 2, seed=args.seed)
     prompts = [torch.tensor(tokenizer(r.prompt)["input_ids"]) for r in stream.requests]
 
@@ -73,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         controller = build_controller(name, args.k, cost, None, policy, target.max_positions)
         return SpeculativeDecoder(target, drafter, DecodeConfig(k=args.k, controller=controller), eos)
 
-    names = ["target_only", *CONTROLLERS]
+    names = ["target_only", *chosen]
     decoders = {name: decoder(name) for name in names}
     seconds = dict.fromkeys(names, 0.0)
     tokens, steps = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
@@ -119,7 +140,7 @@ def write(args, world_name: str, cost, rows: list[dict], lengths: dict[str, list
     print(f"\nworld={world_name} prompts={args.num_prompts} max_new_tokens={args.max_new_tokens} k<={args.k} "
           f"(fixed: k={args.fixed_k}) threads={torch.get_num_threads()}\n{table}")
     (args.out / f"{world_name}.md").write_text(
-        f"`python experiments/controller_study.py --world {world_name}` ({args.num_prompts} prompts x "
+        f"`{args.command}` ({args.num_prompts} prompts x "
         f"{args.max_new_tokens} tokens, greedy, batch 1, {torch.get_num_threads()} threads)\n\n"
         f"Cost model: {cost.summary()}\n\n{table}\n")
     (args.out / f"{world_name}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},

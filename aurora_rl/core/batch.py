@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.trace import Trace, dense_probs
 
 
@@ -27,7 +28,8 @@ class TraceBatch:
         accept_mask: ``(B, k)`` bool, prefix-closed, within ``valid_mask``.
         behavior_logprobs: ``(B, k)`` log q_old(proposed) of the version that proposed.
         target_probs: ``(B, k, V)`` target distribution (temperature 1) at each position.
-        temperature: ``(B,)`` the decoding temperature each verdict used (0 = greedy).
+        temperature: ``(B,)`` the decoding temperature each verdict used (0 = greedy);
+            ``top_k`` / ``top_p`` the rest of each verdict's rule (``sampling_rules()``).
         draft_version: ``(B,)`` long. ``weights``: ``(B,)`` per-trace loss weight (the
             buffer down-weights stale traces). ``domains``: the traces' domain tags.
     """
@@ -44,6 +46,14 @@ class TraceBatch:
     draft_version: torch.Tensor
     weights: torch.Tensor
     domains: list[str]
+    top_k: torch.Tensor | None = None  # (B,) long, the verdicts' top-k (0 = off); None: all off
+    top_p: torch.Tensor | None = None  # (B,) float, their top-p (1 = off); None: all off
+
+    def sampling_rules(self) -> list[SamplingParams]:
+        """Each row's sampling rule (temperature, top-k, top-p) as its verdict used it."""
+        top_k = self.top_k.tolist() if self.top_k is not None else [0] * len(self)
+        top_p = self.top_p.tolist() if self.top_p is not None else [1.0] * len(self)
+        return [SamplingParams(t, k, p) for t, k, p in zip(self.temperature.tolist(), top_k, top_p)]
 
     def __len__(self) -> int:
         return self.proposed.shape[0]
@@ -122,6 +132,8 @@ class TraceBatch:
             behavior_logprobs=behavior,
             target_probs=target_probs,
             temperature=torch.tensor([t.temperature for t in traces], dtype=torch.float32),
+            top_k=torch.tensor([t.top_k for t in traces], dtype=torch.long),
+            top_p=torch.tensor([t.top_p for t in traces], dtype=torch.float32),
             draft_version=torch.tensor([t.draft_version for t in traces], dtype=torch.long),
             weights=torch.ones(batch) if weights is None else torch.as_tensor(weights, dtype=torch.float32),
             domains=[t.domain for t in traces],

@@ -115,6 +115,8 @@ def _settle(
         emitted=emitted,
         context_features=None if state.features is None else state.features[:context_len],
         temperature=config.sampling.temperature,
+        top_k=config.sampling.top_k,
+        top_p=config.sampling.top_p,
         wall_time=time.time(),
     )
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from aurora_rl.core.sampling import SamplingParams
+
 
 @dataclass
 class TopKProbs:
@@ -80,6 +82,9 @@ class Trace:
         context_features: ``(L, D)`` target hidden states at the context positions, when
             the decode recorded features (EAGLE-style drafters train on them), else None.
         temperature: the decoding temperature the verdict used (0 = greedy).
+        top_k, top_p: the rest of the verdict's sampling rule (0 and 1.0 disable them), so
+            whoever replays the step (the publish gate) shapes the distributions exactly as
+            the verdict did; ``sampling`` gives the whole rule.
         wall_time: ``time.time()`` when the step finished.
     """
 
@@ -95,7 +100,14 @@ class Trace:
     emitted: torch.Tensor
     context_features: torch.Tensor | None = None
     temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
     wall_time: float = field(default=0.0)
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """The sampling rule of the verdict on this step."""
+        return SamplingParams(self.temperature, self.top_k, self.top_p)
 
     @property
     def context_len(self) -> int:

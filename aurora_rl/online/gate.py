@@ -4,7 +4,8 @@ Both the candidate and the live draft are scored on the *same* recorded position
 judged proposal position (accepted ones and the first rejected one), where the recorded
 context is exactly what the draft saw at decode time. The score is the draft's chance to
 be accepted there -- ``1[argmax q == argmax p]`` for greedy traces, ``sum_x min(p, q)``
-(both shaped at the trace's temperature) for sampled ones -- averaged over positions.
+(both shaped by the trace's own sampling rule: temperature, top-k, top-p) for sampled ones
+-- averaged over positions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from aurora_rl.algos.rl_losses import pg_positions
 from aurora_rl.core.batch import TraceBatch
+from aurora_rl.core.sampling import probs_from_logits
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,14 @@ def acceptance_score(policy, batch: TraceBatch) -> tuple[float, int]:
     """Mean per-position acceptance chance of ``policy`` on the judged positions of ``batch``."""
     logits = policy.trainable(batch).float()
     judged = pg_positions(batch.accept_mask, batch.valid_mask)
-    greedy = (batch.temperature == 0)[:, None].expand_as(judged)
-    matches = (logits.argmax(-1) == batch.target_probs.argmax(-1)).float()
-    temperature = batch.temperature.clamp_min(1e-6)[:, None, None]
-    q = (logits / temperature).softmax(-1)
-    p = (batch.target_probs.clamp_min(1e-30).log() / temperature).softmax(-1)
-    overlap = torch.minimum(p, q).sum(-1)
-    score = torch.where(greedy, matches, overlap)
+    score = (logits.argmax(-1) == batch.target_probs.argmax(-1)).float()  # greedy rows
+    target_logits = batch.target_probs.clamp_min(1e-30).log()
+    rules = batch.sampling_rules()
+    for rule in set(rules) - {r for r in rules if r.greedy}:  # rows sampled under the same rule together
+        rows = torch.tensor([r == rule for r in rules])
+        q = probs_from_logits(logits[rows], rule)
+        p = probs_from_logits(target_logits[rows], rule)
+        score[rows] = torch.minimum(p, q).sum(-1)
     count = int(judged.sum())
     return (float(score[judged].mean()) if count else 0.0), count
 

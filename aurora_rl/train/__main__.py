@@ -25,14 +25,11 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from aurora_rl.core.fp16_weights import apply_target_weights
-from aurora_rl.core.target import Target, load_model_and_tokenizer
 from aurora_rl.plots import plot_accepted_length
-from aurora_rl.train.arms import Setting
+from aurora_rl.train.arms import build_setting
 from aurora_rl.settings import config_from_cli
 from aurora_rl.train.config import DEFAULT_ARMS, describe, load_config, to_yaml
 from aurora_rl.train.loop import run_arm
-from aurora_rl.world import get_world
 from aurora_rl.world.traffic import load_prompts, make_traffic
 
 
@@ -74,18 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
-    world = get_world(cfg.world.name, cache_dir=cfg.world.cache_dir, progress=cfg.progress, precision=cfg.world.precision)
-    hidden_layers = tuple(cfg.drafter.eagle_layers) if cfg.drafter.kind == "eagle" else ()
-    if cfg.world.target:
-        model, tokenizer = load_model_and_tokenizer(cfg.world.target)
-    else:
-        tokenizer, model = world.tokenizer(), world.target()
-    target = Target(apply_target_weights(model, cfg.world.target_weights), hidden_layers)
+    setting = build_setting(cfg)
+    world = setting.world
     prompts = load_prompts(cfg.traffic.source if cfg.traffic.source else world, split="heldout")
     stream = make_traffic(prompts, cfg.traffic.schedule, cfg.traffic.num_requests, seed=cfg.seed,
                           domains=cfg.traffic.domains, num_phases=cfg.traffic.num_phases)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    setting = Setting(cfg, world, target, tokenizer)
 
     results = {}
     for arm in cfg.arms:
