@@ -29,7 +29,7 @@ class TraceBatch:
         behavior_logprobs: ``(B, k)`` log q_old(proposed) of the version that proposed.
         target_probs: ``(B, k, V)`` target distribution (temperature 1) at each position.
         temperature: ``(B,)`` the decoding temperature each verdict used (0 = greedy);
-            ``top_k`` / ``top_p`` the rest of each verdict's rule (``sampling_rules()``).
+            ``samplings`` each verdict's whole rule (``sampling_rules()``).
         draft_version: ``(B,)`` long. ``weights``: ``(B,)`` per-trace loss weight (the
             buffer down-weights stale traces). ``domains``: the traces' domain tags.
     """
@@ -46,14 +46,14 @@ class TraceBatch:
     draft_version: torch.Tensor
     weights: torch.Tensor
     domains: list[str]
-    top_k: torch.Tensor | None = None  # (B,) long, the verdicts' top-k (0 = off); None: all off
-    top_p: torch.Tensor | None = None  # (B,) float, their top-p (1 = off); None: all off
+    samplings: tuple[SamplingParams, ...] = ()  # each verdict's whole rule, exactly as it ran
 
     def sampling_rules(self) -> list[SamplingParams]:
-        """Each row's sampling rule (temperature, top-k, top-p) as its verdict used it."""
-        top_k = self.top_k.tolist() if self.top_k is not None else [0] * len(self)
-        top_p = self.top_p.tolist() if self.top_p is not None else [1.0] * len(self)
-        return [SamplingParams(t, k, p) for t, k, p in zip(self.temperature.tolist(), top_k, top_p)]
+        """Each row's sampling rule (temperature, top-k, top-p) as its verdict used it
+        (temperature alone for a batch built without the rules)."""
+        if self.samplings:
+            return list(self.samplings)
+        return [SamplingParams(t) for t in self.temperature.tolist()]
 
     def __len__(self) -> int:
         return self.proposed.shape[0]
@@ -132,8 +132,7 @@ class TraceBatch:
             behavior_logprobs=behavior,
             target_probs=target_probs,
             temperature=torch.tensor([t.temperature for t in traces], dtype=torch.float32),
-            top_k=torch.tensor([t.top_k for t in traces], dtype=torch.long),
-            top_p=torch.tensor([t.top_p for t in traces], dtype=torch.float32),
+            samplings=tuple(t.sampling for t in traces),
             draft_version=torch.tensor([t.draft_version for t in traces], dtype=torch.long),
             weights=torch.ones(batch) if weights is None else torch.as_tensor(weights, dtype=torch.float32),
             domains=[t.domain for t in traces],
