@@ -9,8 +9,10 @@ import torch
 
 from aurora_rl.core.sampling import GREEDY, SamplingParams
 from aurora_rl.core.spec import DecodeConfig, speculate_step, start_decode
+from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.target import Target
 from aurora_rl.core.trace import Trace
+from aurora_rl.policies.eagle import EagleDrafter
 from aurora_rl.policies.hybrid import HybridDrafter
 from aurora_rl.policies.prompt_lookup import PromptLookupConfig, PromptLookupDrafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
@@ -176,6 +178,28 @@ def test_hybrid_suffix_steps_are_not_the_controllers_and_its_learned_steps_are()
     unmatched = start_decode(target, [0, 9, 9, 9], 8, max_k=3)
     trace = speculate_step(hybrid, target, unmatched, config)
     assert trace.num_proposed == 0 and (controller.asked, controller.observed) == (1, [(0, 0)])
+
+
+@pytest.mark.parametrize("learned_kind", ["small_lm", "eagle"])
+def test_hybrid_parts_both_keep_the_whole_sequence_whoever_proposed(learned_kind):
+    model = make_llama(20, 16, 1, seed=7)  # greedy: 18 2 18 2 18 2 0 6 7 8 19 3 6 7 8 12 12 ...
+    if learned_kind == "eagle":
+        target = Target(model, hidden_layers=(-1,))
+        learned = EagleDrafter.from_target(target, seed=1)
+    else:
+        target, learned = Target(model), SmallLMDrafter(make_llama(20, 16, 1, seed=3))
+    suffix = SuffixDrafter(20, SuffixConfig(max_depth=8, use_request=False))
+    greedy = SpeculativeDecoder(target, None, DecodeConfig(k=1), eos_token_ids=[]).generate(torch.tensor([0, 1, 2]), 30)
+    suffix.add_output(99, [0, 1, 2, *greedy.tokens.tolist()[:6]])  # the trie knows the output's first part
+    hybrid = HybridDrafter(learned, suffix, min_suffix_score=1.0)
+    state = start_decode(target, [0, 1, 2], 30, max_k=3)
+    while state.remaining > 4:  # the finishing step commits to nobody: stop before it
+        speculate_step(hybrid, target, state, DecodeConfig(k=3))
+    assert hybrid.counts["suffix"] > 0 and hybrid.counts["learned"] > 0  # both parts proposed
+    sequence = state.sequence.tolist()
+    assert sequence[3:] == greedy.tokens.tolist()[: len(sequence) - 3]  # lossless
+    assert state.session.suffix.tokens == sequence
+    assert state.session.learned.tokens == sequence
 
 
 @pytest.mark.parametrize(

@@ -127,6 +127,10 @@ class ProposesByLookup:
         self._proposed = tokens
         return Proposal(torch.tensor(tokens, dtype=torch.long), probs)
 
+    def expect_verdict_on(self, proposal: Proposal) -> None:
+        """Remember a proposal another drafter made, which the next ``commit`` judges."""
+        self._proposed = proposal.tokens.tolist()
+
     def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
         self.extend(self._proposed[:num_accepted] + [int(next_token)])
         self._proposed = []

@@ -48,9 +48,16 @@ class HybridSession(ProposesAsOneRow):
         self.drafter = drafter
         self.learned = learned
         self.suffix = suffix
+        self._choice: tuple[int, int, bool] | None = None  # (tokens seen, k, use the suffix?)
+        self._last: tuple[DraftSession, Proposal] | None = None  # who proposed this step, and what
 
     def use_suffix(self, k: int) -> bool:
-        return self.suffix.score(k) >= self.drafter.min_suffix_score
+        """Whether the suffix proposal is expected to reach ``min_suffix_score``; asked twice
+        a step (by the step, then by ``propose``), scored once."""
+        seen = len(self.suffix.tokens)
+        if self._choice is None or self._choice[:2] != (seen, k):
+            self._choice = (seen, k, self.suffix.score(k) >= self.drafter.min_suffix_score)
+        return self._choice[2]
 
     def proposes_by_lookup(self, limit: int) -> bool:
         """A suffix step costs no forward pass: the draft-length controller leaves it alone
@@ -61,6 +68,14 @@ class HybridSession(ProposesAsOneRow):
         return self.drafter.propose_batch(sessions, ks, samplings, generators, min_confidences)
 
     def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
+        # A session grows by the accepted part of *its own* proposal, so the one that did not
+        # propose this step is first shown the other's: both then keep the same sequence.
+        if self._last is not None:
+            proposer, proposal = self._last
+            for session in (self.learned, self.suffix):
+                if session is not proposer:
+                    session.expect_verdict_on(proposal)
+        self._last = None
         self.learned.commit(num_accepted, next_token, target_hidden)
         self.suffix.commit(num_accepted, next_token, target_hidden)
 
@@ -135,6 +150,7 @@ class HybridDrafter:
             if suffix:
                 session, *args = rows[i]
                 proposals[i] = session.suffix.propose(*args)
+                session._last = (session.suffix, proposals[i])
                 self._remember(session.suffix.tokens, proposals[i].tokens)
         if len(learned_rows) > 1 and isinstance(self.learned, BatchProposer):
             picked = [rows[i] for i in learned_rows]
@@ -143,6 +159,7 @@ class HybridDrafter:
             drafted = [rows[i][0].learned.propose(*rows[i][1:]) for i in learned_rows]
         for i, proposal in zip(learned_rows, drafted):
             proposals[i] = proposal
+            rows[i][0]._last = (rows[i][0].learned, proposal)
         return proposals
 
     def _remember(self, context: list[int], proposed: torch.Tensor) -> None:
