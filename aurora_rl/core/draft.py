@@ -60,7 +60,13 @@ StopRule = Union[float, Callable[[int, "torch.Tensor | None", int], bool], None]
 
 @runtime_checkable
 class DraftSession(Protocol):
-    """Draft-side state of one sequence."""
+    """Draft-side state of one sequence.
+
+    Optional: ``expect_verdict_on(proposal)`` (a combining drafter shows a session the
+    proposal another drafter made, so its ``commit`` keeps the whole sequence) and
+    ``proposes_by_lookup(limit) -> bool`` (this step's proposal is a free lookup that the
+    draft-length controller neither budgets nor observes; ``core/spec.py::_draft_for``).
+    """
 
     def propose(
         self,
