@@ -46,16 +46,16 @@ class SpeculationOverhead:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         if prior_steps <= 0:
             raise ValueError(f"prior_steps must be > 0, got {prior_steps}")
-        self.cost, self.gamma, self.prior, self.clock = cost, gamma, prior_steps, clock
+        self.cost, self.gamma, self.clock = cost, gamma, clock
         unit = cost.target(1)
         # [measured seconds, modelled seconds] for plain (k = 0) and drafting steps
         self._sums = {False: [0.0, 0.0], True: [0.0, 0.0]}
-        self._prior = (prior_steps * unit, prior_steps * unit)
+        self._prior = prior_steps * unit  # seconds, measured and modelled alike: a ratio of 1
 
     def ratio(self, drafting: bool) -> float:
         """Measured / modelled seconds of plain or drafting steps (1 before any step)."""
         measured, modelled = self._sums[drafting]
-        return (measured + self._prior[0]) / (modelled + self._prior[1])
+        return (measured + self._prior) / (modelled + self._prior)
 
     @property
     def factor(self) -> float:
