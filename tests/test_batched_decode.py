@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from aurora_rl.core.draft import propose_autoregressively_batched
+from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.ragged import batchable, run_cached_ragged
 from aurora_rl.core.sampling import GREEDY, SamplingParams
 from aurora_rl.core.spec import DecodeConfig, speculate_batch, speculate_step, start_decode
@@ -206,6 +207,21 @@ def test_sampled_batch_with_mixed_rules_equals_each_row_alone(random_target_mode
         alone_output, alone_traces = decode_alone(agreeing_draft, target, prompt, config, seed, 32)
         assert output == alone_output
         assert_same_traces(row_traces, alone_traces)
+
+
+def test_generate_batch_equals_generate_per_row(random_target_model, agreeing_draft):
+    """``SpeculativeDecoder.generate_batch`` (the on-policy rounds' decoder): row i, seeded
+    ``seed + i``, decodes as ``generate`` does alone with that seed -- greedy and sampled."""
+    target = Target(random_target_model)
+    prompts = prompts_of_lengths([3, 9, 1, 20], 97, seed=4)
+    for config in (DecodeConfig(k=3), DecodeConfig(k=2, sampling=SamplingParams(temperature=0.9))):
+        decoder = SpeculativeDecoder(target, agreeing_draft, config, [EOS])
+        together = decoder.generate_batch(prompts, 24, seed=40)
+        for row, (prompt, ours) in enumerate(zip(prompts, together)):
+            alone = decoder.generate(prompt, 24, torch.Generator().manual_seed(40 + row))
+            assert ours.tokens.tolist() == alone.tokens.tolist()
+            assert (ours.num_steps, ours.accepted, ours.finish_reason) == (alone.num_steps, alone.accepted, alone.finish_reason)
+            assert_same_traces(ours.traces, alone.traces)
 
 
 @pytest.mark.parametrize("layers", [(-1,), (1, -1)], ids=str)

@@ -26,7 +26,9 @@ from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.policies.suffix import SuffixDrafter
 from aurora_rl.policies.controller_factory import CONTROLLERS, build_controller
 from conftest import perturbed_copy
-from test_lossless import EOS, chi_square_test, exact_distribution, peaked_llama, power_at_effect, seeded_prompts
+from test_lossless import (
+    EOS, chi_square_test, exact_distribution, peaked_llama, power_at_effect, sample_batched, seeded_prompts,
+)  # fmt: skip
 
 COST = CostModel.linear(draft_ratio=0.2, width_slope=0.08, max_k=8)
 
@@ -115,14 +117,9 @@ def test_any_draft_length_choice_keeps_the_sampled_distribution():
     sampling = SamplingParams(temperature=1.0)
     target_model, draft_model = peaked_llama(seed=3), peaked_llama(seed=4)
     prompt = torch.tensor([0, 3, 2])
-    decoder = SpeculativeDecoder(Target(target_model), SmallLMDrafter(draft_model),
-                                 DecodeConfig(k=2, sampling=sampling, controller=RandomLengths(seed=0)))
-    generator = torch.Generator().manual_seed(1234)
-    counts, lengths = {}, set()
-    for _ in range(6000):
-        gen = decoder.generate(prompt, 3, generator)
-        counts[tuple(gen.tokens.tolist())] = counts.get(tuple(gen.tokens.tolist()), 0) + 1
-        lengths.update(t.num_proposed for t in gen.traces)
+    config = DecodeConfig(k=2, sampling=sampling, controller=RandomLengths(seed=0))
+    counts, traces = sample_batched(Target(target_model), SmallLMDrafter(draft_model), prompt, config)
+    lengths = {t.num_proposed for t in traces}
     pvalue, df = chi_square_test(counts, exact_distribution(target_model, prompt, sampling))
     assert power_at_effect(df, 0.12) >= 0.95
     assert pvalue > 1e-3

@@ -4,6 +4,7 @@ Greedy: token for token against ``model.generate(do_sample=False)``.
 Sampling: the distribution of the first tokens equals the target's, tested exactly.
 """
 
+import copy
 import itertools
 
 import pytest
@@ -14,7 +15,7 @@ import aurora_rl.core.spec as spec_module
 from aurora_rl.core.acceptance import Verdict, rejection_verdict
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.sampling import SamplingParams, probs_from_logits
-from aurora_rl.core.spec import DecodeConfig
+from aurora_rl.core.spec import DecodeConfig, speculate_batch, start_decode
 from aurora_rl.core.target import Target
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from conftest import make_llama, perturbed_copy
@@ -84,13 +85,32 @@ def exact_distribution(model, prompt, sampling):
 
 
 def sample_speculatively(target_model, draft_model, prompt, sampling, k=2, samples=SAMPLES):
-    decoder = SpeculativeDecoder(Target(target_model), SmallLMDrafter(draft_model), DecodeConfig(k=k, sampling=sampling))
-    generator = torch.Generator().manual_seed(1234)
-    counts = {}
-    for _ in range(samples):
-        seq = tuple(decoder.generate(prompt, NUM_TOKENS, generator, keep_traces=False).tokens.tolist())
-        counts[seq] = counts.get(seq, 0) + 1
-    return counts
+    policy = SmallLMDrafter(draft_model)
+    return sample_batched(Target(target_model), policy, prompt, DecodeConfig(k=k, sampling=sampling), samples)[0]
+
+
+def sample_batched(target, policy, prompt, config, samples=SAMPLES, rows=500, seed=1234):
+    """``samples`` independent speculative samples of ``NUM_TOKENS`` tokens after ``prompt``.
+
+    Decoded ``rows`` requests at a time through ``speculate_batch`` -- the batched step the
+    engine runs for 1..N rows (``tests/test_batched_decode.py`` pins the one-row
+    ``speculate_step`` to it) -- each row with its own generator. The prompt's prefill is
+    deterministic, so each row starts from a copy of one prefilled state. Returns the
+    counts of each output and every step's trace."""
+    start = start_decode(target, prompt, NUM_TOKENS, (), max_k=config.k)
+    counts, traces = {}, []
+    for first in range(0, samples, rows):
+        states = [copy.deepcopy(start) for _ in range(min(rows, samples - first))]
+        generators = [torch.Generator().manual_seed(seed + first + row) for row in range(len(states))]
+        live = list(range(len(states)))
+        while live:
+            traces += speculate_batch(policy, target, [states[r] for r in live], [config] * len(live),
+                                      [generators[r] for r in live])  # fmt: skip
+            live = [r for r in live if not states[r].finished]
+        for state in states:
+            outcome = tuple(state.generated.tolist())
+            counts[outcome] = counts.get(outcome, 0) + 1
+    return counts, traces
 
 
 def chi_square_test(counts, exact):

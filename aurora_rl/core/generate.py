@@ -1,15 +1,16 @@
-"""Whole-request decoding on top of ``speculate_step``: speculative or target-only."""
+"""Whole-request decoding on top of ``speculate_step`` (one request) and ``speculate_batch``
+(several at once): speculative or target-only."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
 from aurora_rl.core.draft import DraftPolicy, check_vocab_compatible
-from aurora_rl.core.spec import DecodeConfig, DecodeState, speculate_step, start_decode
+from aurora_rl.core.spec import DecodeConfig, DecodeState, speculate_batch, speculate_step, start_decode
 from aurora_rl.core.target import Target
 from aurora_rl.core.trace import Trace
 
@@ -127,6 +128,41 @@ class SpeculativeDecoder:
                 traces.append(trace)
             if on_trace is not None:
                 on_trace(trace)
+        return self._result(state, traces, accepted, time.perf_counter() - began)
+
+    def generate_batch(
+        self,
+        prompts: Sequence,
+        max_new_tokens: int,
+        seed: int = 0,
+        keep_traces: bool = True,
+    ) -> list[Generation]:
+        """Decode every prompt to EOS or ``max_new_tokens``, all of them together: each step
+        is one batched speculative step of the requests still running (the engine's step).
+
+        Row ``i`` draws from its own generator, seeded ``seed + i``, so its output does not
+        depend on the others (up to float reassociation in the batched forwards). Rows
+        share wall-clock, so each :class:`Generation` reports the batch's seconds."""
+        began = time.perf_counter()
+        states = [self.start(ids, max_new_tokens) for ids in prompts]
+        generators = [torch.Generator().manual_seed(seed + row) for row in range(len(states))]
+        traces: list[list[Trace]] = [[] for _ in states]
+        accepted = [0] * len(states)
+        live = list(range(len(states)))
+        while live:
+            stepped = speculate_batch(self.current_policy(), self.target, [states[row] for row in live],
+                                      [self.config] * len(live), [generators[row] for row in live])  # fmt: skip
+            for row, trace in zip(live, stepped):
+                accepted[row] += trace.num_accepted
+                if keep_traces:
+                    traces[row].append(trace)
+            live = [row for row in live if not states[row].finished]
+        seconds = time.perf_counter() - began
+        return [self._result(state, row_traces, row_accepted, seconds)
+                for state, row_traces, row_accepted in zip(states, traces, accepted)]  # fmt: skip
+
+    @staticmethod
+    def _result(state: DecodeState, traces: list[Trace], accepted: int, seconds: float) -> Generation:
         return Generation(
             prompt_ids=state.tokens[: state.prompt_len].clone(),
             tokens=state.generated.clone(),
@@ -134,5 +170,5 @@ class SpeculativeDecoder:
             num_steps=state.steps,
             accepted=accepted,
             finish_reason=state.finish_reason or "",
-            seconds=time.perf_counter() - began,
+            seconds=seconds,
         )

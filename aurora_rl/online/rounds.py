@@ -25,12 +25,8 @@ Prompt = Sequence[int]
 def accepted_length(target: Target, drafter, prompts: Sequence[Prompt], config: DecodeConfig,
                     max_new_tokens: int, eos: Sequence[int]) -> float:
     """Tokens emitted per verify step over ``prompts`` (aggregated, not averaged per prompt)."""
-    decoder = SpeculativeDecoder(target, drafter, config, eos)
-    tokens = steps = 0
-    for ids in prompts:
-        gen = decoder.generate(ids, max_new_tokens, keep_traces=False)
-        tokens, steps = tokens + len(gen.tokens), steps + gen.num_steps
-    return tokens / max(steps, 1)
+    generations = SpeculativeDecoder(target, drafter, config, eos).generate_batch(prompts, max_new_tokens, keep_traces=False)
+    return sum(len(g.tokens) for g in generations) / max(sum(g.num_steps for g in generations), 1)
 
 
 def train_rounds(
@@ -47,7 +43,7 @@ def train_rounds(
     progress: bool = False,
     desc: str = "train",
 ) -> Algorithm:
-    """For each round: decode its prompts with the (current) draft, then
+    """For each round: decode its prompts with the (current) draft, all together, then
     ``updates_per_round`` updates on batches drawn from that round's traces.
 
     Policy gradient gets sampled proposals (``algo.explore_temperature``). Returns the
@@ -60,12 +56,11 @@ def train_rounds(
     generator = torch.Generator().manual_seed(seed)
     total = sum(len(r) for r in prompt_rounds) + updates_per_round * len(prompt_rounds)
     with tqdm(total=total, desc=desc, disable=not progress) as bar:
-        for prompts in prompt_rounds:
-            traces = []
-            for ids in prompts:
-                gen = collector.generate(ids, max_new_tokens, generator)
-                traces += [t for t in gen.traces if t.num_proposed]
-                bar.update()
+        for round_index, prompts in enumerate(prompt_rounds):
+            # the round's prompts decode together (batched steps); row i draws from seed+1000r+i
+            generations = collector.generate_batch(prompts, max_new_tokens, seed=seed + 1000 * (round_index + 1))
+            traces = [t for gen in generations for t in gen.traces if t.num_proposed]
+            bar.update(len(prompts))
             if not traces:
                 continue
             for _ in range(updates_per_round):
