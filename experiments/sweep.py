@@ -188,6 +188,7 @@ def aggregate(study: Study, runs: list[Run], runs_dir: Path, out_dir: Path) -> l
                                         for i in range(len(phases))],
                              "phase_labels": [p["label"] for p in phases],
                              "tokens_per_s": _mean_std([r["tokens_per_s"] for r in per_seed]),
+                             "vs_target_only": _speedups(summaries, arm),
                              "versions": _mean_std([r["versions_published"] for r in per_seed])})
                 if arm in plotted:
                     curves = np.array([r["per_request_accepted_length"] for r in per_seed])
@@ -209,17 +210,28 @@ def aggregate(study: Study, runs: list[Run], runs_dir: Path, out_dir: Path) -> l
 
 
 FOOTNOTE = ("accepted length = tokens per target verify step (accepted drafts + 1), mean ± std over seeds; "
-            "phase columns are means; tok/s compare only between runs that had the machine alike "
-            "(with --jobs > 1 runs share the cores).")
+            "phase columns are means; vs target_only = tok/s over target_only's in the same run, mean ± std "
+            "over seeds (tok/s alone compare only between runs that had the machine alike; with --jobs > 1 "
+            "runs share the cores).")
+
+
+def _speedups(summaries: list[dict], arm: str) -> tuple[float, float] | None:
+    """The arm's tok/s over target_only's *of the same run*, mean +- std over seeds: the
+    figure that survives a machine whose speed drifts between runs."""
+    ratios = [s["arms"][arm]["tokens_per_s"] / s["arms"]["target_only"]["tokens_per_s"]
+              for s in summaries if arm in s["arms"] and "target_only" in s["arms"]]
+    return _mean_std(ratios) if ratios else None
 
 
 def render_rows(rows: list[dict], phases: list[dict], plot_name: str) -> str:
     pm = lambda m: f"{m[0]:.2f} ± {m[1]:.2f}"  # noqa: E731
-    head = ["cell", "arm", "seeds", "accepted length", *[p["label"] for p in phases], "tok/s", "versions"]
+    head = ["cell", "arm", "seeds", "accepted length", *[p["label"] for p in phases], "tok/s", "vs target_only",
+            "versions"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["cell"], r["arm"], str(r["seeds"]), pm(r["accepted_length"]),
-                 *[f"{m[0]:.2f}" for m in r["phases"]], f"{r['tokens_per_s'][0]:.0f}", f"{r['versions'][0]:.0f}"]
+                 *[f"{m[0]:.2f}" for m in r["phases"]], f"{r['tokens_per_s'][0]:.0f}",
+                 pm(r["vs_target_only"]) if r["vs_target_only"] else "-", f"{r['versions'][0]:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", f"![accepted length over requests]({plot_name})", ""])
 
