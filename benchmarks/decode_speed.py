@@ -8,7 +8,9 @@ generation and prompt lookup, on the same target/draft pair and prompts, side by
 On the ``smollm2`` world the small LM is a self-draft (the target's first
 ``--self-draft-layers`` layers, the assistant HF assisted generation gets too) and our loop
 also runs the EAGLE-3-style head (reduced draft vocabulary, fused low/mid/high features),
-pretrained offline on the world's training prompts (cached) or loaded from ``--eagle``.
+pretrained offline on the world's training prompts (cached) or loaded from ``--eagle``: at
+fixed k, under the ``goodput`` controller, and in the hybrid with suffix decoding. Suffix
+decoding (training-free; its global trie learns from the outputs it served) runs on every world.
 
 Every method decodes every prompt (methods interleaved per prompt so machine noise hits
 all alike), greedily, and all outputs are checked to be identical (lossless). Printed per
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from aurora_rl.core.cost_profile import cached_cost_model
 from aurora_rl.core.fp16_weights import TARGET_WEIGHTS, apply_target_weights
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.spec import DecodeConfig
@@ -36,6 +39,9 @@ from aurora_rl.algos.eagle_pretrain import EaglePretrainRecipe, pretrained_eagle
 from aurora_rl.core.target import RollbackCache, Target, run_cached
 from aurora_rl.policies.eagle import EagleDrafter
 from aurora_rl.policies.eagle_layer import EagleConfig
+from aurora_rl.policies.hybrid import HybridDrafter
+from aurora_rl.policies.suffix import SuffixConfig, SuffixDrafter
+from aurora_rl.policies.controller_factory import build_controller
 from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.world import get_world
@@ -173,9 +179,24 @@ def main(argv: list[str] | None = None) -> int:
         "HF assisted, its defaults": run_hf(None),
         f"HF prompt lookup, {args.lookup} tokens": run_hf_lookup,
     }
+    # Training-free and online-adaptive: the suffix drafter's global trie learns from the
+    # outputs it served (warm-up included), its per-request trie from the prompt and output.
+    vocab = target.vocab_size
+    suffix = SuffixDrafter(vocab, SuffixConfig())
+    methods[f"suffix decoding, k<={args.adaptive_k} (ours)"] = run_ours(
+        SpeculativeDecoder(target, suffix, DecodeConfig(k=args.adaptive_k), [eos]))
     if eagle is not None:
         eagle_decoder = SpeculativeDecoder(feature_target, eagle, DecodeConfig(k=args.k), [eos])
         methods[f"EAGLE-3 head, k {args.k} (ours)"] = run_ours(eagle_decoder)
+        # The goodput controller picks k per step from measured acceptance and the wall clock
+        # (a fresh controller per decoder: its statistics are the decoder's own).
+        cost = cached_cost_model(feature_target, eagle, args.adaptive_k)
+        goodput = lambda: build_controller("goodput", args.adaptive_k, cost)  # noqa: E731
+        methods[f"EAGLE-3 head, goodput k<={args.adaptive_k} (ours)"] = run_ours(
+            SpeculativeDecoder(feature_target, eagle, DecodeConfig(k=args.adaptive_k, controller=goodput()), [eos]))
+        hybrid = HybridDrafter(eagle, SuffixDrafter(vocab, SuffixConfig()))
+        methods[f"hybrid suffix + EAGLE-3, goodput k<={args.adaptive_k} (ours)"] = run_ours(
+            SpeculativeDecoder(feature_target, hybrid, DecodeConfig(k=args.adaptive_k, controller=goodput()), [eos]))
     tallies = {name: Tally() for name in methods}
     with torch.inference_mode():
         for ids in prompts[: args.warmup]:
