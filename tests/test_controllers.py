@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from aurora_rl.core.control import AcceptanceTally, draft_features
+from aurora_rl.core.control import AcceptanceTally, draft_features, token_stats
 from aurora_rl.core.cost import CostModel
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.sampling import SamplingParams
@@ -226,6 +226,17 @@ def test_learned_controller_follows_its_policy_and_probes_when_skipping():
     session.observe(2, 0)  # one refusal: acceptance (0 + 1) / (1 + 2) = 0.33 -> still drafts
     session.observe(1, 0)  # 1/4 < 0.3: skip
     assert [session.budget(8, 10) for _ in range(6)] == [0, 0, 1, 0, 0, 1]
+
+
+def test_token_stats_closed_form_and_tokens_the_draft_can_never_propose():
+    """Probability and entropy / log V of the draft distribution; a token outside a reduced
+    draft vocabulary (logit -inf, as an EAGLE-3 head scatters them) adds 0, never nan."""
+    prob, entropy = token_stats(torch.zeros(4), 1)  # uniform over 4: p = 1/4, entropy = log 4
+    assert prob == pytest.approx(0.25) and entropy == pytest.approx(1.0)
+    reduced = torch.tensor([0.0, 0.0, float("-inf"), float("-inf")])  # uniform over 2 of 4
+    prob, entropy = token_stats(reduced, 0)
+    assert prob == pytest.approx(0.5) and entropy == pytest.approx(np.log(2) / np.log(4))
+    assert np.isfinite(draft_features(prob, entropy, 1, 8, 0.5, 0.5, 10, 100)).all()
 
 
 def test_tiny_policy_round_trips_and_refuses_other_features(tmp_path):

@@ -71,12 +71,14 @@ class DraftController(Protocol):
 
 def token_stats(raw_logits: torch.Tensor | None, token: int) -> tuple[float, float]:
     """``(probability of token, entropy / log V)`` of the temperature-1 draft distribution;
-    ``(1, 0)`` for a drafter without logits (a lookup proposal is all-or-nothing)."""
+    ``(1, 0)`` for a drafter without logits (a lookup proposal is all-or-nothing). Tokens
+    a drafter can never propose (logit -inf, e.g. outside an EAGLE-3 head's reduced draft
+    vocabulary) contribute 0 to the entropy, not 0 * -inf = nan."""
     if raw_logits is None:
         return 1.0, 0.0
-    logp = torch.log_softmax(raw_logits.float(), -1)
-    entropy = float(-(logp.exp() * logp).sum())
-    return float(logp[token].exp()), entropy / math.log(max(raw_logits.shape[-1], 2))
+    probs = torch.softmax(raw_logits.float(), -1)
+    entropy = float(-torch.special.xlogy(probs, probs).sum())
+    return float(probs[token]), entropy / math.log(max(raw_logits.shape[-1], 2))
 
 
 def draft_features(
