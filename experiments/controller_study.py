@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         for ids in prompts[:2]:  # warm-up (also gives the adaptive controllers their first outcomes)
             for d in decoders.values():
                 d.generate(ids, args.max_new_tokens, keep_traces=False)
-        for i, ids in enumerate(tqdm(prompts[2:], desc=f"prompts ({args.world})")):
+        for i, ids in enumerate(tqdm(prompts[2:], desc=f"prompts ({world.name})")):
             order = names[i % len(names):] + names[: i % len(names)]
             for name in order:
                 began = time.perf_counter()
