@@ -20,6 +20,7 @@ from aurora_rl.core.target import Target, eos_token_ids
 from aurora_rl.world.traffic import Request
 
 Prompt = Sequence[int]
+DECODE_ROWS = 16  # requests decoded together in one batched step
 
 
 def accepted_length(target: Target, drafter, prompts: Sequence[Prompt], config: DecodeConfig,
@@ -57,10 +58,14 @@ def train_rounds(
     total = sum(len(r) for r in prompt_rounds) + updates_per_round * len(prompt_rounds)
     with tqdm(total=total, desc=desc, disable=not progress) as bar:
         for round_index, prompts in enumerate(prompt_rounds):
-            # the round's prompts decode together (batched steps); row i draws from seed+1000r+i
-            generations = collector.generate_batch(prompts, max_new_tokens, seed=seed + 1000 * (round_index + 1))
-            traces = [t for gen in generations for t in gen.traces if t.num_proposed]
-            bar.update(len(prompts))
+            # The round's prompts decode together, DECODE_ROWS at a time (batched steps, bounded
+            # memory, visible progress); prompt i of round r draws from seed + 1000 (r + 1) + i.
+            traces = []
+            for first in range(0, len(prompts), DECODE_ROWS):
+                chunk = prompts[first : first + DECODE_ROWS]
+                generations = collector.generate_batch(chunk, max_new_tokens, seed=seed + 1000 * (round_index + 1) + first)
+                traces += [t for gen in generations for t in gen.traces if t.num_proposed]
+                bar.update(len(chunk))
             if not traces:
                 continue
             for _ in range(updates_per_round):
