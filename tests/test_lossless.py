@@ -15,7 +15,7 @@ import aurora_rl.core.spec as spec_module
 from aurora_rl.core.acceptance import Verdict, rejection_verdict
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.sampling import SamplingParams, probs_from_logits
-from aurora_rl.core.spec import DecodeConfig, speculate_batch, start_decode
+from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from conftest import make_llama, perturbed_copy
@@ -92,21 +92,20 @@ def sample_speculatively(target_model, draft_model, prompt, sampling, k=2, sampl
 def sample_batched(target, policy, prompt, config, samples=SAMPLES, rows=500, seed=1234):
     """``samples`` independent speculative samples of ``NUM_TOKENS`` tokens after ``prompt``.
 
-    Decoded ``rows`` requests at a time through ``speculate_batch`` -- the batched step the
-    engine runs for 1..N rows (``tests/test_batched_decode.py`` pins the one-row
-    ``speculate_step`` to it) -- each row with its own generator. The prompt's prefill is
+    Decoded ``rows`` requests at a time by ``SpeculativeDecoder.finish_together``, i.e.
+    ``speculate_batch`` -- the batched step the engine runs for 1..N rows
+    (``tests/test_batched_decode.py`` pins the one-row ``speculate_step`` to it) -- each row
+    with its own generator. The prompt's prefill is
     deterministic, so each row starts from a copy of one prefilled state. Returns the
     counts of each output and every step's trace."""
-    start = start_decode(target, prompt, NUM_TOKENS, (), max_k=config.k)
+    decoder = SpeculativeDecoder(target, policy, config)
+    start = decoder.start(prompt, NUM_TOKENS)
     counts, traces = {}, []
     for first in range(0, samples, rows):
         states = [copy.deepcopy(start) for _ in range(min(rows, samples - first))]
         generators = [torch.Generator().manual_seed(seed + first + row) for row in range(len(states))]
-        live = list(range(len(states)))
-        while live:
-            traces += speculate_batch(policy, target, [states[r] for r in live], [config] * len(live),
-                                      [generators[r] for r in live])  # fmt: skip
-            live = [r for r in live if not states[r].finished]
+        row_traces, _ = decoder.finish_together(states, generators)
+        traces += [trace for chunk in row_traces for trace in chunk]
         for state in states:
             outcome = tuple(state.generated.tolist())
             counts[outcome] = counts.get(outcome, 0) + 1

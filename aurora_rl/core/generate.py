@@ -146,9 +146,20 @@ class SpeculativeDecoder:
         began = time.perf_counter()
         states = [self.start(ids, max_new_tokens) for ids in prompts]
         generators = [torch.Generator().manual_seed(seed + row) for row in range(len(states))]
+        traces, accepted = self.finish_together(states, generators, keep_traces)
+        seconds = time.perf_counter() - began
+        return [self._result(state, row_traces, row_accepted, seconds)
+                for state, row_traces, row_accepted in zip(states, traces, accepted)]  # fmt: skip
+
+    def finish_together(
+        self, states: Sequence[DecodeState], generators: Sequence[torch.Generator | None], keep_traces: bool = True
+    ) -> tuple[list[list[Trace]], list[int]]:
+        """Step started ``states`` together, one batched speculative step of those still
+        running at a time, until all are finished. Returns each row's traces (empty unless
+        ``keep_traces``) and its accepted draft tokens."""
         traces: list[list[Trace]] = [[] for _ in states]
         accepted = [0] * len(states)
-        live = list(range(len(states)))
+        live = [row for row, state in enumerate(states) if not state.finished]
         while live:
             stepped = speculate_batch(self.current_policy(), self.target, [states[row] for row in live],
                                       [self.config] * len(live), [generators[row] for row in live])  # fmt: skip
@@ -157,9 +168,7 @@ class SpeculativeDecoder:
                 if keep_traces:
                     traces[row].append(trace)
             live = [row for row in live if not states[row].finished]
-        seconds = time.perf_counter() - began
-        return [self._result(state, row_traces, row_accepted, seconds)
-                for state, row_traces, row_accepted in zip(states, traces, accepted)]  # fmt: skip
+        return traces, accepted
 
     @staticmethod
     def _result(state: DecodeState, traces: list[Trace], accepted: int, seconds: float) -> Generation:

@@ -26,8 +26,14 @@ DECODE_ROWS = 16  # requests decoded together in one batched step
 def accepted_length(target: Target, drafter, prompts: Sequence[Prompt], config: DecodeConfig,
                     max_new_tokens: int, eos: Sequence[int]) -> float:
     """Tokens emitted per verify step over ``prompts`` (aggregated, not averaged per prompt)."""
-    generations = SpeculativeDecoder(target, drafter, config, eos).generate_batch(prompts, max_new_tokens, keep_traces=False)
+    decoder = SpeculativeDecoder(target, drafter, config, eos)
+    generations = [gen for chunk in _in_chunks(prompts) for gen in decoder.generate_batch(chunk, max_new_tokens, keep_traces=False)]
     return sum(len(g.tokens) for g in generations) / max(sum(g.num_steps for g in generations), 1)
+
+
+def _in_chunks(prompts: Sequence[Prompt]) -> list[Sequence[Prompt]]:
+    """``prompts`` DECODE_ROWS at a time: batched steps with bounded memory."""
+    return [prompts[first : first + DECODE_ROWS] for first in range(0, len(prompts), DECODE_ROWS)]
 
 
 def train_rounds(
@@ -61,9 +67,9 @@ def train_rounds(
             # The round's prompts decode together, DECODE_ROWS at a time (batched steps, bounded
             # memory, visible progress); prompt i of round r draws from seed + 1000 (r + 1) + i.
             traces = []
-            for first in range(0, len(prompts), DECODE_ROWS):
-                chunk = prompts[first : first + DECODE_ROWS]
-                generations = collector.generate_batch(chunk, max_new_tokens, seed=seed + 1000 * (round_index + 1) + first)
+            for chunk_index, chunk in enumerate(_in_chunks(prompts)):
+                row_seed = seed + 1000 * (round_index + 1) + chunk_index * DECODE_ROWS
+                generations = collector.generate_batch(chunk, max_new_tokens, seed=row_seed)
                 traces += [t for gen in generations for t in gen.traces if t.num_proposed]
                 bar.update(len(chunk))
             if not traces:
