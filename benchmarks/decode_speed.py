@@ -44,6 +44,7 @@ from aurora_rl.policies.suffix import SuffixConfig, SuffixDrafter
 from aurora_rl.policies.controller_factory import build_controller
 from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.settings import ConfigError, parse_overrides
 from aurora_rl.world import get_world
 from aurora_rl.world.recipe import ChatWorldRecipe
 from aurora_rl.world.traffic import make_traffic
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drafter", default=None, help="a saved drafter directory (default: pretrained on the world)")
     parser.add_argument("--self-draft-layers", type=int, default=4, help="chat worlds: layers of the self-draft small LM")
     parser.add_argument("--eagle", default=None, help="chat worlds: a saved EAGLE-3-style head (default: pretrained, cached)")
+    parser.add_argument("--eagle-pretrain", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="chat worlds: EaglePretrainRecipe overrides of the pretrained head, e.g. steps=1000 "
+                             "num_prompts=400 (cached per recipe)")
     parser.add_argument("--lookup", type=int, default=10, help="HF prompt lookup: prompt_lookup_num_tokens")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--adaptive-k", type=int, default=8, help="lookahead of the adaptive rows")
@@ -110,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--target-weights", choices=TARGET_WEIGHTS, default="fp32",
-                        help="fp16: the target's (and small-LM drafter's) linear layers on fbgemm's fp16 kernel "
+                        help="fp16: the linear layers of the target and the drafters (small LM, EAGLE head) on fbgemm's fp16 kernel "
                              "(aurora_rl/core/fp16_weights.py); every method then decodes that model")
     args = parser.parse_args(argv)
 
+    try:
+        recipe = parse_overrides(EaglePretrainRecipe, args.eagle_pretrain, "benchmarks/decode_speed.py")
+    except ConfigError as error:
+        parser.error(str(error))
     world = get_world(args.world)
     tokenizer, target_model = world.tokenizer(), world.target()
     chat = isinstance(world.recipe, ChatWorldRecipe)
@@ -126,16 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     target = Target(target_model)
     eagle = None
     if chat or args.eagle:
-        layers = EagleConfig.load(args.eagle).hidden_layers if args.eagle else EaglePretrainRecipe().hidden_layers
+        layers = EagleConfig.load(args.eagle).hidden_layers if args.eagle else recipe.hidden_layers
         feature_target = Target(target_model, layers)
         if args.eagle:
             eagle = EagleDrafter.from_pretrained(args.eagle, feature_target)
         else:
-            eagle = pretrained_eagle(world, feature_target, tokenizer)
+            eagle = pretrained_eagle(world, feature_target, tokenizer, recipe)
     # After the drafters are built: the self-draft copies fp32 layers, the EAGLE head reads
     # the fp32 LM head rows; then target and small LM run on the chosen kernel.
     apply_target_weights(target_model, args.target_weights)
     apply_target_weights(drafter.model, args.target_weights)
+    if eagle is not None:  # frozen here: its linears may run on the same kernel
+        apply_target_weights(eagle.trainable, args.target_weights)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     stream = make_traffic(world.dataset("heldout"), "mixed", args.num_prompts, seed=args.seed)
     prompts = [torch.tensor(tokenizer(r.prompt)["input_ids"]) for r in stream.requests]

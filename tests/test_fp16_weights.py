@@ -9,8 +9,10 @@ import torch
 
 from aurora_rl.core.fp16_weights import Fp16Linear, apply_target_weights, use_fp16_weights
 from aurora_rl.core.generate import SpeculativeDecoder
+from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import RollbackCache, Target, run_cached
+from aurora_rl.policies.eagle import EagleDrafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from conftest import make_llama, perturbed_copy
 
@@ -71,6 +73,26 @@ def test_greedy_output_equals_generate_with_fp16_weights(fp16_pair):
         assert ours.tokens.tolist() == reference.tolist()
         taus.append(ours.accepted_length)
     assert sum(taus) / len(taus) > 1.5  # drafts were accepted: the verify path really ran
+
+
+def test_an_eagle_head_served_on_fp16_weights_drafts_as_before_and_stays_lossless(fp16_pair):
+    """A frozen head (the benchmark's, under ``--target-weights fp16``) may run its own linears
+    on the fp16 kernel: its logits move by fp16 rounding only, and the output is the target's."""
+    _, converted, _ = fp16_pair
+    target = Target(converted, (-1,))
+    head = EagleDrafter.from_target(target, seed=3, draft_vocab=list(range(1, 97, 2)))
+    fast = head.clone()
+    assert use_fp16_weights(fast.trainable) == 7  # proj, fc, qkv, o_proj, gate_up, down, lm_head
+    prompt = torch.randint(3, 97, (15,), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        hidden = target.forward(target.new_cache(), prompt).hidden[:-1]
+        outputs = [drafter.start(prompt, hidden).propose(3, SamplingParams(), None, None) for drafter in (head, fast)]
+    assert outputs[0].tokens.tolist() == outputs[1].tokens.tolist()
+    assert torch.allclose(outputs[0].logits, outputs[1].logits, atol=1e-2)
+    decoder = SpeculativeDecoder(target, fast, DecodeConfig(k=3), [EOS])
+    ours = decoder.generate(prompt, max_new_tokens=30)
+    reference = converted.generate(prompt[None], max_new_tokens=30, do_sample=False, eos_token_id=EOS, pad_token_id=2)
+    assert ours.tokens.tolist() == reference[0, len(prompt):].tolist()
 
 
 def test_unknown_weights_name_is_refused():

@@ -189,7 +189,7 @@ class EagleModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.head.proj.weight.dtype
+        return self.head.norm.weight.dtype  # a norm: linears may be served as Fp16Linear (no .weight)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """The target's frozen token embeddings ``(..., d)`` of ``ids`` ``(...)``."""
