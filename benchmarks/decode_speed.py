@@ -8,7 +8,8 @@ generation and prompt lookup, on the same target/draft pair and prompts, side by
 On the ``smollm2`` world the small LM is a self-draft (the target's first
 ``--self-draft-layers`` layers, the assistant HF assisted generation gets too) and our loop
 also runs the EAGLE-3-style head (reduced draft vocabulary, fused low/mid/high features),
-pretrained offline on the world's training prompts (cached) or loaded from ``--eagle``: at
+pretrained offline on the world's training prompts (cached; ``--eagle-pretrain key=value``
+overrides its ``EaglePretrainRecipe``) or loaded from ``--eagle``: at
 fixed k, under the ``goodput`` controller, and in the hybrid with suffix decoding. Suffix
 decoding (training-free; its global trie learns from the outputs it served) runs on every world.
 
