@@ -95,9 +95,8 @@ def sample_batched(target, policy, prompt, config, samples=SAMPLES, rows=500, se
     Decoded ``rows`` requests at a time by ``SpeculativeDecoder.finish_together``, i.e.
     ``speculate_batch`` -- the batched step the engine runs for 1..N rows
     (``tests/test_batched_decode.py`` pins the one-row ``speculate_step`` to it) -- each row
-    with its own generator. The prompt's prefill is
-    deterministic, so each row starts from a copy of one prefilled state. Returns the
-    counts of each output and every step's trace."""
+    with its own generator. The prompt's prefill is deterministic, so each row starts from a
+    copy of one prefilled state. Returns the counts of each output and every step's trace."""
     decoder = SpeculativeDecoder(target, policy, config)
     start = decoder.start(prompt, NUM_TOKENS)
     counts, traces = {}, []
@@ -105,7 +104,7 @@ def sample_batched(target, policy, prompt, config, samples=SAMPLES, rows=500, se
         states = [copy.deepcopy(start) for _ in range(min(rows, samples - first))]
         generators = [torch.Generator().manual_seed(seed + first + row) for row in range(len(states))]
         row_traces, _ = decoder.finish_together(states, generators)
-        traces += [trace for chunk in row_traces for trace in chunk]
+        traces += [trace for one_row in row_traces for trace in one_row]
         for state in states:
             outcome = tuple(state.generated.tolist())
             counts[outcome] = counts.get(outcome, 0) + 1
