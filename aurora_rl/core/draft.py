@@ -250,6 +250,19 @@ def draw(dist: torch.Tensor, sampling: SamplingParams, generator: torch.Generato
     return int(torch.multinomial(dist, 1, generator=generator))
 
 
+def draw_from_logits(
+    logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
+) -> tuple[int, torch.Tensor]:
+    """``draw(probs_from_logits(logits, sampling), sampling, generator)`` and that
+    distribution. Greedy takes the argmax once (the one-hot's argmax is the logits'): a
+    draft token would otherwise pay three passes over a 49k vocabulary."""
+    if sampling.greedy:
+        token = int(logits.argmax())
+        return token, torch.zeros(logits.shape, dtype=torch.float32).index_fill_(-1, torch.tensor([token]), 1.0)
+    dist = probs_from_logits(logits, sampling)
+    return draw(dist, sampling, generator), dist
+
+
 def propose_autoregressively_batched(
     next_logits: Callable[[list[int], list[int] | None], list[torch.Tensor]],
     ks: Sequence[int],
@@ -277,8 +290,7 @@ def propose_autoregressively_batched(
     while rows:
         drafting, fed = [], []
         for row, row_logits in zip(rows, logits):
-            dist = probs_from_logits(row_logits, samplings[row])
-            token = draw(dist, samplings[row], generators[row])
+            token, dist = draw_from_logits(row_logits, samplings[row], generators[row])
             tokens[row].append(token)
             dists[row].append(dist)
             raw[row].append(row_logits)

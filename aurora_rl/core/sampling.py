@@ -53,7 +53,7 @@ def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
     """
     logits = logits.float()
     if params.greedy:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+        return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     # Shift by the maximum before dividing: the softmax is the same, and a tiny temperature
     # (1e-40) sends the others to -inf and the maximum to 0 instead of overflowing to
     # inf - inf = NaN. Below float32's range the division runs in float64.
