@@ -135,3 +135,20 @@ def test_buffer_skips_traces_without_proposals():
 def test_buffer_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         TraceBuffer(**kwargs)
+
+
+def test_a_decode_that_keeps_no_trace_skips_the_target_probabilities(random_target_model):
+    """The softmax and top-K over the target's (k + 1, V) scores feed traces only: a caller
+    that reads none does not pay for them, and gets the same tokens."""
+    draft = SmallLMDrafter(perturbed_copy(random_target_model, 0.1, seed=5))
+    decoder = SpeculativeDecoder(Target(random_target_model), draft, DecodeConfig(k=4), [1])
+    prompt = torch.tensor([0, 5, 6, 7])
+    state = decoder.start(prompt, 20)
+    assert decoder.step(state).target_probs is not None
+    assert decoder.step(state, keep_target_probs=False).target_probs is None
+    seen = []
+    kept = decoder.generate(prompt, 20)
+    observed = decoder.generate(prompt, 20, keep_traces=False, on_trace=seen.append)
+    bare = decoder.generate(prompt, 20, keep_traces=False)
+    assert all(t.target_probs is not None for t in kept.traces + seen) and bare.traces == []
+    assert kept.tokens.tolist() == observed.tokens.tolist() == bare.tokens.tolist()

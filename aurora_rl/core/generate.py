@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -102,9 +102,18 @@ class SpeculativeDecoder:
             domain=domain,
         )
 
-    def step(self, state: DecodeState, generator: torch.Generator | None = None) -> Trace:
-        """One verify step with whichever draft version is current right now."""
-        return speculate_step(self.current_policy(), self.target, state, self.config, generator)
+    def step(self, state: DecodeState, generator: torch.Generator | None = None, keep_target_probs: bool = True) -> Trace:
+        """One verify step with whichever draft version is current right now.
+
+        ``keep_target_probs=False`` leaves the target's distributions out of the trace (a
+        softmax and top-K over ``(k + 1, V)`` per step) for callers that read no trace.
+        """
+        return speculate_step(self.current_policy(), self.target, state, self._config(keep_target_probs), generator)
+
+    def _config(self, keep_target_probs: bool) -> DecodeConfig:
+        if keep_target_probs or not self.config.record_target_probs:
+            return self.config
+        return replace(self.config, record_target_probs=False)
 
     def generate(
         self,
@@ -121,8 +130,9 @@ class SpeculativeDecoder:
         state = self.start(prompt_ids, max_new_tokens, request_id, domain)
         traces: list[Trace] = []
         accepted = 0
+        wanted = keep_traces or on_trace is not None
         while not state.finished:
-            trace = self.step(state, generator)
+            trace = self.step(state, generator, keep_target_probs=wanted)
             accepted += trace.num_accepted
             if keep_traces:
                 traces.append(trace)
@@ -160,9 +170,10 @@ class SpeculativeDecoder:
         traces: list[list[Trace]] = [[] for _ in states]
         accepted = [0] * len(states)
         live = [row for row, state in enumerate(states) if not state.finished]
+        config = self._config(keep_target_probs=keep_traces)
         while live:
             stepped = speculate_batch(self.current_policy(), self.target, [states[row] for row in live],
-                                      [self.config] * len(live), [generators[row] for row in live])  # fmt: skip
+                                      [config] * len(live), [generators[row] for row in live])  # fmt: skip
             for row, trace in zip(live, stepped):
                 accepted[row] += trace.num_accepted
                 if keep_traces:
