@@ -20,15 +20,18 @@ from processes import processes  # noqa: F401  (the fixture: processes a test st
 torch.set_num_threads(1)
 
 
-def make_llama(vocab: int, hidden: int, layers: int, seed: int, heads: int = 2) -> LlamaForCausalLM:
-    """A small random-weight Llama with BOS=0, EOS=1, PAD=2 (deterministic under seed)."""
+def make_llama(
+    vocab: int, hidden: int, layers: int, seed: int, heads: int = 2, kv_heads: int | None = None
+) -> LlamaForCausalLM:
+    """A small random-weight Llama with BOS=0, EOS=1, PAD=2 (deterministic under seed);
+    ``kv_heads < heads`` gives it grouped-query attention."""
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        num_key_value_heads=heads,
+        num_key_value_heads=heads if kv_heads is None else kv_heads,
         max_position_embeddings=256,
         bos_token_id=0,
         eos_token_id=1,
@@ -41,9 +44,9 @@ def make_llama(vocab: int, hidden: int, layers: int, seed: int, heads: int = 2) 
 
 def perturbed_copy(model: LlamaForCausalLM, scale: float, seed: int) -> LlamaForCausalLM:
     """The same model with Gaussian noise on every weight: a draft that agrees often."""
-    copy = make_llama(
-        model.config.vocab_size, model.config.hidden_size, model.config.num_hidden_layers, seed
-    )
+    config = model.config
+    copy = make_llama(config.vocab_size, config.hidden_size, config.num_hidden_layers, seed,
+                      config.num_attention_heads, config.num_key_value_heads)  # fmt: skip
     copy.load_state_dict(model.state_dict())
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from aurora_rl.core.gqa_attention import use_gqa_attention
 from aurora_rl.world.gguf import dequantized_dir, gguf_file
 
 
@@ -126,13 +127,15 @@ class Target:
     """Wraps a HF causal LM as the verifier of speculative decoding.
 
     Args:
-        model: any ``AutoModelForCausalLM``-compatible model (put in eval mode here).
+        model: any ``AutoModelForCausalLM``-compatible model (put in eval mode here; a
+            grouped-query ``sdpa`` model is switched to :mod:`~aurora_rl.core.gqa_attention`).
         hidden_layers: which hidden states to return with every forward pass (needed by
             drafters that read the target's features, e.g. the EAGLE-style head).
     """
 
     def __init__(self, model: PreTrainedModel, hidden_layers: Sequence[int] = ()) -> None:
         self.model = model.eval()
+        use_gqa_attention(model)  # verify passes read grouped K/V heads in place (same numbers)
         num_states = model.config.num_hidden_layers + 1
         for layer in hidden_layers:
             if not -num_states <= layer < num_states:
