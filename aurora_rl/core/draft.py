@@ -258,7 +258,9 @@ def draw_from_logits(
     draft token would otherwise pay three passes over a 49k vocabulary."""
     if sampling.greedy:
         token = int(logits.argmax())
-        return token, torch.zeros(logits.shape, dtype=torch.float32).index_fill_(-1, torch.tensor([token]), 1.0)
+        dist = torch.zeros_like(logits, dtype=torch.float32)
+        dist[token] = 1.0
+        return token, dist
     dist = probs_from_logits(logits, sampling)
     return draw(dist, sampling, generator), dist
 

@@ -39,6 +39,7 @@ def gqa_sdpa_attention(
     """transformers' ``sdpa_attention_forward``, except that several queries under a mask
     read the grouped K/V heads in place (``enable_gqa``) instead of through ``repeat_kv``."""
     groups = getattr(module, "num_key_value_groups", 1)
+    # Off the CPU transformers' reason stands: on CUDA, a mask with enable_gqa falls back to the math kernel.
     plain = (
         groups == 1 or attention_mask is None or query.shape[2] == 1 or query.device.type != "cpu"
         or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
