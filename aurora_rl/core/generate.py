@@ -108,7 +108,10 @@ class SpeculativeDecoder:
         ``keep_target_probs=False`` leaves the target's distributions out of the trace (a
         softmax and top-K over ``(k + 1, V)`` per step) for callers that read no trace.
         """
-        return speculate_step(self.current_policy(), self.target, state, self._config(keep_target_probs), generator)
+        return self._step(state, generator, self._config(keep_target_probs))
+
+    def _step(self, state: DecodeState, generator: torch.Generator | None, config: DecodeConfig) -> Trace:
+        return speculate_step(self.current_policy(), self.target, state, config, generator)
 
     def _config(self, keep_target_probs: bool) -> DecodeConfig:
         if keep_target_probs or not self.config.record_target_probs:
@@ -130,9 +133,9 @@ class SpeculativeDecoder:
         state = self.start(prompt_ids, max_new_tokens, request_id, domain)
         traces: list[Trace] = []
         accepted = 0
-        wanted = keep_traces or on_trace is not None
+        config = self._config(keep_target_probs=keep_traces or on_trace is not None)  # once, not per step
         while not state.finished:
-            trace = self.step(state, generator, keep_target_probs=wanted)
+            trace = self._step(state, generator, config)
             accepted += trace.num_accepted
             if keep_traces:
                 traces.append(trace)
