@@ -3,10 +3,15 @@ prefill-based offline pretraining (cached), both lossless."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+from dataclasses import asdict
+
 import pytest
 import torch
 
-from aurora_rl.algos.eagle_pretrain import eagle_pretrainer
+from aurora_rl.algos.eagle_pretrain import EaglePretrainRecipe, _fingerprint, eagle_pretrainer, learning_rate
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
@@ -69,3 +74,28 @@ def test_the_pretrained_head_is_cached_and_lossless(tiny, tmp_path):
     heads = [path.name for path in (tmp_path / "drafters").iterdir() if path.is_dir()]
     assert len(heads) == 1 and heads[0].startswith("tiny-eagle3-")  # built once, loaded the second time
     check_lossless_inside_vocab(target, tokenizer, first, prompts)
+
+
+def test_the_cosine_schedule_decays_from_the_peak_to_zero_and_constant_stays():
+    cosine = EaglePretrainRecipe(lr=1e-3, steps=100, lr_schedule="cosine")
+    assert learning_rate(cosine, 0) == 1e-3
+    assert math.isclose(learning_rate(cosine, 50), 0.5e-3)
+    assert 0 < learning_rate(cosine, 99) < 1e-6
+    rates = [learning_rate(cosine, step) for step in range(100)]
+    assert rates == sorted(rates, reverse=True)
+    assert {learning_rate(EaglePretrainRecipe(lr=1e-3, steps=100), step) for step in range(100)} == {1e-3}
+
+
+def test_an_unknown_schedule_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"lr_schedule must be one of \('constant', 'cosine'\), got 'linear'"):
+        EaglePretrainRecipe(lr_schedule="linear")
+
+
+def test_a_constant_rate_keeps_the_cache_key_heads_had_before_the_schedule_existed(tiny):
+    world = get_world("tiny")
+    recipe = EaglePretrainRecipe()
+    assert _fingerprint(world, recipe) != _fingerprint(world, EaglePretrainRecipe(lr_schedule="cosine"))
+    # The key as the code before the lr_schedule field computed it (checked equal to 8b896bc's).
+    fields = {k: v for k, v in asdict(recipe).items() if k != "lr_schedule"}
+    payload = {"version": 1, "world": world.recipe.fingerprint(), "recipe": fields}
+    assert _fingerprint(world, recipe) == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

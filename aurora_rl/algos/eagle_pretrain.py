@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -65,7 +66,8 @@ class EaglePretrainRecipe:
     steps: int = documented("optimizer steps", 150)
     batch_size: int = documented("traces per step", 16)
     max_context: int = documented("context tokens of true features per trace", 32)
-    lr: float = documented("AdamW learning rate", 1e-3)
+    lr: float = documented("AdamW learning rate (the peak, with a schedule)", 1e-3)
+    lr_schedule: str = documented("'constant', or 'cosine': decays lr to 0 over the steps", "constant")
     seed: int = documented("seeds prompt choice, init and batch order", 0)
     topk: int = documented("target probabilities kept per position", 32)
 
@@ -74,6 +76,19 @@ class EaglePretrainRecipe:
         for name in ("num_prompts", "max_new_tokens", "generate_batch", "k", "steps", "batch_size", "max_context", "topk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EaglePretrainRecipe.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"EaglePretrainRecipe.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(recipe: EaglePretrainRecipe, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``recipe.steps``. A cosine
+    decay lets the last steps settle into a minimum that a constant rate keeps jumping over."""
+    if recipe.lr_schedule == "constant":
+        return recipe.lr
+    return recipe.lr * 0.5 * (1.0 + math.cos(math.pi * step / recipe.steps))
 
 
 def target_answers(target: Target, prompts: list[list[int]], recipe: EaglePretrainRecipe, eos: int, pad: int) -> list[list[int]]:
@@ -160,7 +175,9 @@ def pretrain_eagle(
     algorithm = make_algorithm(drafter, config)
     generator = random.Random(recipe.seed + 1)
     losses = []
-    for _ in tqdm(range(recipe.steps), desc="pretrain eagle head", disable=not progress):
+    for step in tqdm(range(recipe.steps), desc="pretrain eagle head", disable=not progress):
+        for group in algorithm.optimizer.param_groups:
+            group["lr"] = learning_rate(recipe, step)
         batch = algorithm.batch(generator.sample(traces, min(recipe.batch_size, len(traces))), pad_id=pad)
         losses.append(algorithm.update(batch).get("losses/loss", float("nan")))
     seconds["train"] = time.perf_counter() - mark
@@ -176,7 +193,10 @@ def pretrain_eagle(
 
 
 def _fingerprint(world: World, recipe: EaglePretrainRecipe) -> str:
-    payload = {"version": EAGLE_PRETRAIN_VERSION, "world": world.recipe.fingerprint(), "recipe": asdict(recipe)}
+    fields = asdict(recipe)
+    if fields["lr_schedule"] == "constant":  # every head cached before the field had one: keep their keys
+        del fields["lr_schedule"]
+    payload = {"version": EAGLE_PRETRAIN_VERSION, "world": world.recipe.fingerprint(), "recipe": fields}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
