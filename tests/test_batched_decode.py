@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from aurora_rl.core.draft import propose_autoregressively_batched
+from aurora_rl.core.draft import DraftAsk, propose_autoregressively_batched
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.ragged import batchable, run_cached_ragged
 from aurora_rl.core.sampling import GREEDY, SamplingParams
@@ -288,7 +288,7 @@ def test_batched_proposals_equal_each_session_alone(random_target_model, kind):
     sessions = [start(p) for p in prompts]
     generators = [torch.Generator().manual_seed(s) for s in range(4)]
     for _ in range(2):  # proposing twice without a verdict redrafts from the same place
-        together = drafter.propose_batch(sessions, ks, samplings, generators, confidences)
+        together = drafter.propose_batch(sessions, [DraftAsk(*row) for row in zip(ks, samplings, generators, confidences)])
     for row, prompt in enumerate(prompts):
         session, generator = start(prompt), torch.Generator().manual_seed(row)
         for _ in range(2):
@@ -299,4 +299,4 @@ def test_batched_proposals_equal_each_session_alone(random_target_model, kind):
 
 def test_batched_draft_loop_needs_a_proposal_per_row():
     with pytest.raises(ValueError, match=r"every row needs k >= 1 proposals, got \[2, 0\]"):
-        propose_autoregressively_batched(lambda rows, fed: [], [2, 0], [GREEDY] * 2, [None] * 2, [None] * 2)
+        propose_autoregressively_batched(lambda rows, fed: [], [DraftAsk(2, GREEDY), DraftAsk(0, GREEDY)])

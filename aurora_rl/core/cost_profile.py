@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import torch
 
 from aurora_rl.core.cost import CostModel
-from aurora_rl.core.draft import BatchProposer, DraftPolicy
+from aurora_rl.core.draft import BatchProposer, DraftAsk, DraftPolicy
 from aurora_rl.core.ragged import run_cached_ragged
 from aurora_rl.core.sampling import GREEDY
 from aurora_rl.core.target import Target
@@ -83,7 +83,7 @@ def _draft_round_seconds(target: Target, drafter: DraftPolicy, batch: int, max_k
     def run() -> None:
         with torch.inference_mode():
             if isinstance(drafter, BatchProposer) and batch > 1:
-                drafter.propose_batch(sessions, [max_k] * batch, [GREEDY] * batch, [None] * batch, [None] * batch)
+                drafter.propose_batch(sessions, [DraftAsk(max_k, GREEDY)] * batch)
             else:
                 for session in sessions:
                     session.propose(max_k, GREEDY, None)

@@ -8,7 +8,7 @@ sequence it opens a :class:`DraftSession`, which owns that sequence's draft-side
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, Union, runtime_checkable
+from typing import Callable, NamedTuple, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 
@@ -58,6 +58,17 @@ class Proposal:
 StopRule = Union[float, Callable[[int, "torch.Tensor | None", int], bool], None]
 
 
+class DraftAsk(NamedTuple):
+    """What one row asks of a drafter in a step: ``DraftSession.propose``'s arguments, so
+    ``session.propose(*ask)`` proposes for that row alone. A batch of rows is a list of
+    asks (one record per row, never parallel lists that could fall out of step)."""
+
+    k: int
+    sampling: SamplingParams
+    generator: torch.Generator | None = None
+    stop: StopRule = None
+
+
 @runtime_checkable
 class DraftSession(Protocol):
     """Draft-side state of one sequence.
@@ -100,12 +111,12 @@ class ProposesAsOneRow:
     path and the :class:`BatchProposer` equivalence holds by construction."""
 
     # The batched proposal, with BatchProposer.propose_batch's arguments; each session defines it.
-    propose_rows: Callable[..., list[Proposal]]
+    propose_rows: Callable[[Sequence["DraftSession"], Sequence[DraftAsk]], list[Proposal]]
 
     def propose(
         self, k: int, sampling: SamplingParams, generator: torch.Generator | None, min_confidence: StopRule = None
     ) -> Proposal:
-        (proposal,) = self.propose_rows([self], [k], [sampling], [generator], [min_confidence])
+        (proposal,) = self.propose_rows([self], [DraftAsk(k, sampling, generator, min_confidence)])
         return proposal
 
 
@@ -171,29 +182,22 @@ class BatchProposer(Protocol):
 
     Decoding several sequences at once (:func:`aurora_rl.core.spec.speculate_batch`) uses
     it when the policy has it, and each session's ``propose`` otherwise. The contract is
-    equivalence: under a seed, row ``i`` gets exactly ``sessions[i].propose(ks[i], ...)``.
+    equivalence: under a seed, row ``i`` gets exactly ``sessions[i].propose(*asks[i])``.
     """
 
-    def propose_batch(
-        self,
-        sessions: Sequence[DraftSession],
-        ks: Sequence[int],
-        samplings: Sequence[SamplingParams],
-        generators: Sequence[torch.Generator | None],
-        min_confidences: Sequence[StopRule],
-    ) -> list[Proposal]: ...
+    def propose_batch(self, sessions: Sequence[DraftSession], asks: Sequence[DraftAsk]) -> list[Proposal]: ...
 
 
 class BatchesThroughSessions:
     """Mixin for a drafter whose sessions are :class:`ProposesAsOneRow`: its
     :meth:`BatchProposer.propose_batch` is their batched ``propose_rows`` (one draft forward
     per round for the rows still drafting; under a seed each row's proposal equals
-    ``sessions[row].propose(...)`` alone)."""
+    ``sessions[row].propose(*asks[row])`` alone)."""
 
-    def propose_batch(self, sessions, ks, samplings, generators, min_confidences) -> list[Proposal]:
+    def propose_batch(self, sessions, asks) -> list[Proposal]:
         if not sessions:
             return []
-        return sessions[0].propose_rows(sessions, ks, samplings, generators, min_confidences)
+        return sessions[0].propose_rows(sessions, asks)
 
 
 class ProposesRowByRow:
@@ -201,8 +205,8 @@ class ProposesRowByRow:
     :meth:`BatchProposer.propose_batch` runs each row's ``propose`` alone, in row order, so
     the equivalence contract holds by construction."""
 
-    def propose_batch(self, sessions, ks, samplings, generators, min_confidences) -> list[Proposal]:
-        return [s.propose(*args) for s, *args in zip(sessions, ks, samplings, generators, min_confidences)]
+    def propose_batch(self, sessions, asks) -> list[Proposal]:
+        return [session.propose(*ask) for session, ask in zip(sessions, asks)]
 
 
 def unconfident(raw_logits: torch.Tensor, token: int, min_confidence: float | None) -> bool:
@@ -266,38 +270,35 @@ def draw_from_logits(
 
 
 def propose_autoregressively_batched(
-    next_logits: Callable[[list[int], list[int] | None], list[torch.Tensor]],
-    ks: Sequence[int],
-    samplings: Sequence[SamplingParams],
-    generators: Sequence[torch.Generator | None],
-    min_confidences: Sequence[StopRule],
+    next_logits: Callable[[list[int], list[int] | None], list[torch.Tensor]], asks: Sequence[DraftAsk]
 ) -> list[Proposal]:
-    """Draw up to ``ks[row]`` tokens per row, one at a time: the loop every autoregressive
+    """Draw up to ``asks[row].k`` tokens per row, one at a time: the loop every autoregressive
     drafter shares, for one sequence or many (one draft forward per round).
 
     ``next_logits(rows, None)`` gives the raw first-position logits of each listed row;
     ``next_logits(rows, tokens)`` feeds each listed row its proposal just drawn and gives
-    the next position's. A row leaves the rounds when it has ``ks[row]`` proposals (its last
+    the next position's. A row leaves the rounds when it has ``asks[row].k`` proposals (its last
     proposal is never fed: nothing would read its output) or its stop rule says stop (see
     :data:`StopRule`). Each row draws with its own generator in its own order, so under a
-    seed a row's proposal does not depend on the other rows. Every ``ks[row]`` must be >= 1.
+    seed a row's proposal does not depend on the other rows. Every ``k`` must be >= 1.
     """
-    if any(k < 1 for k in ks):
-        raise ValueError(f"every row needs k >= 1 proposals, got {list(ks)}")
-    tokens: list[list[int]] = [[] for _ in ks]
-    dists: list[list[torch.Tensor]] = [[] for _ in ks]
-    raw: list[list[torch.Tensor]] = [[] for _ in ks]
-    rows = list(range(len(ks)))
+    if any(ask.k < 1 for ask in asks):
+        raise ValueError(f"every row needs k >= 1 proposals, got {[ask.k for ask in asks]}")
+    tokens: list[list[int]] = [[] for _ in asks]
+    dists: list[list[torch.Tensor]] = [[] for _ in asks]
+    raw: list[list[torch.Tensor]] = [[] for _ in asks]
+    rows = list(range(len(asks)))
     logits = next_logits(rows, None)
     while rows:
         drafting, fed = [], []
         for row, row_logits in zip(rows, logits):
-            token, dist = draw_from_logits(row_logits, samplings[row], generators[row])
+            ask = asks[row]
+            token, dist = draw_from_logits(row_logits, ask.sampling, ask.generator)
             tokens[row].append(token)
             dists[row].append(dist)
             raw[row].append(row_logits)
             drawn = len(tokens[row])
-            if drawn < ks[row] and not stop_drafting(min_confidences[row], drawn, row_logits, token):
+            if drawn < ask.k and not stop_drafting(ask.stop, drawn, row_logits, token):
                 drafting.append(row)
                 fed.append(token)
         rows = drafting

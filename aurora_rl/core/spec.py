@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from aurora_rl.core.acceptance import Verdict, greedy_verdict, rejection_verdict
-from aurora_rl.core.draft import BatchProposer, DraftPolicy, DraftSession, Proposal, StopRule
+from aurora_rl.core.draft import BatchProposer, DraftAsk, DraftPolicy, DraftSession, Proposal, StopRule
 from aurora_rl.core.ragged import run_cached_ragged
 from aurora_rl.core.sampling import SamplingParams, probs_from_logits
 from aurora_rl.core.state import DecodeConfig, DecodeState, start_decode, sync_session  # noqa: F401  (re-exported)
@@ -226,21 +226,12 @@ def speculate_batch(
                for state, config, session in zip(states, configs, sessions)]
     drafting = [row for row, budget in enumerate(budgets) if budget > 0]
     if drafting:
-        ks = [budgets[row] for row in drafting]
-        samplings = [configs[row].draft_sampling for row in drafting]
-        picked_generators = [generators[row] for row in drafting]
-        confidences = [_stop_rule(states[row], configs[row]) for row in drafting]
+        asks = [DraftAsk(budgets[row], configs[row].draft_sampling, generators[row], _stop_rule(states[row], configs[row]))
+                for row in drafting]  # fmt: skip
         if isinstance(policy, BatchProposer) and len(drafting) > 1:
-            drafted = policy.propose_batch(
-                [sessions[row] for row in drafting], ks, samplings, picked_generators, confidences
-            )
+            drafted = policy.propose_batch([sessions[row] for row in drafting], asks)
         else:
-            drafted = [
-                sessions[row].propose(k, sampling, generator, confidence)
-                for row, k, sampling, generator, confidence in zip(
-                    drafting, ks, samplings, picked_generators, confidences
-                )
-            ]
+            drafted = [sessions[row].propose(*ask) for row, ask in zip(drafting, asks)]
         for row, proposal in zip(drafting, drafted):
             proposals[row] = proposal
     return verify_batch(target, states, proposals, configs, generators, policy.version, sessions)

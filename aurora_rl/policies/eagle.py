@@ -26,9 +26,8 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import BatchesThroughSessions, Proposal, ProposesAsOneRow, propose_autoregressively_batched
+from aurora_rl.core.draft import BatchesThroughSessions, DraftAsk, Proposal, ProposesAsOneRow, propose_autoregressively_batched
 from aurora_rl.core.fp16_weights import Fp16Linear
-from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import Target
 from aurora_rl.policies.draft_vocab import check_draft_vocab
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
@@ -96,8 +95,8 @@ class EagleSession(ProposesAsOneRow):
         assert self._last is not None, "a session always has a fed token to draft from"
         return self._last, len(self.tokens)
 
-    def propose_rows(self, sessions, ks, samplings, generators, min_confidences) -> list[Proposal]:
-        return propose_for_sessions(self.model, sessions, ks, samplings, generators, min_confidences)
+    def propose_rows(self, sessions, asks) -> list[Proposal]:
+        return propose_for_sessions(self.model, sessions, asks)
 
     def expect_verdict_on(self, proposal: Proposal) -> None:
         """Remember the proposal the next ``commit`` judges."""
@@ -123,10 +122,7 @@ class EagleSession(ProposesAsOneRow):
 def propose_for_sessions(
     model: "EagleModel",
     sessions: Sequence[EagleSession],
-    ks: Sequence[int],
-    samplings: Sequence[SamplingParams],
-    generators: Sequence[torch.Generator | None],
-    min_confidences: Sequence[float | None],
+    asks: Sequence[DraftAsk],
 ) -> list[Proposal]:
     """The draft loop of one or many sessions: each feeds its pending true pairs alone
     (ragged lengths), then every round runs the head once for all rows still drafting, each
@@ -145,7 +141,7 @@ def propose_for_sessions(
                     outs[row], positions[row] = new[index], positions[row] + 1
             return list(model.logits(torch.stack([outs[row] for row in rows])))
 
-        proposals = propose_autoregressively_batched(next_logits, ks, samplings, generators, min_confidences)
+        proposals = propose_autoregressively_batched(next_logits, asks)
     for session, proposal in zip(sessions, proposals):
         session.expect_verdict_on(proposal)
     return proposals

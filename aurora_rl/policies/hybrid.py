@@ -26,8 +26,7 @@ from typing import Sequence
 
 import torch
 
-from aurora_rl.core.draft import BatchProposer, DraftSession, Proposal, ProposesAsOneRow, StopRule
-from aurora_rl.core.sampling import SamplingParams
+from aurora_rl.core.draft import BatchProposer, DraftAsk, DraftSession, Proposal, ProposesAsOneRow
 from aurora_rl.core.trace import Trace, TopKProbs
 from aurora_rl.policies.checkpoint import read_manifest, write_manifest
 from aurora_rl.policies.suffix import SuffixDrafter
@@ -64,8 +63,8 @@ class HybridSession(ProposesAsOneRow):
         (it budgets and learns from the learned drafter's steps only)."""
         return self.use_suffix(limit)
 
-    def propose_rows(self, sessions, ks, samplings, generators, min_confidences) -> list[Proposal]:
-        return self.drafter.propose_batch(sessions, ks, samplings, generators, min_confidences)
+    def propose_rows(self, sessions, asks) -> list[Proposal]:
+        return self.drafter.propose_batch(sessions, asks)
 
     def commit(self, num_accepted: int, next_token: int, target_hidden: torch.Tensor | None) -> None:
         # A session grows by the accepted part of *its own* proposal, so the one that did not
@@ -130,36 +129,27 @@ class HybridDrafter:
     def start(self, context_ids: torch.Tensor, target_hidden: torch.Tensor | None = None) -> HybridSession:
         return HybridSession(self, self.learned.start(context_ids, target_hidden), self.suffix.start(context_ids))
 
-    def propose_batch(
-        self,
-        sessions: Sequence[HybridSession],
-        ks: Sequence[int],
-        samplings: Sequence[SamplingParams],
-        generators: Sequence[torch.Generator | None],
-        min_confidences: Sequence[StopRule],
-    ) -> list[Proposal]:
+    def propose_batch(self, sessions: Sequence[HybridSession], asks: Sequence[DraftAsk]) -> list[Proposal]:
         """Suffix rows propose alone; the learned rows together in the learned drafter's
         batched forwards (each row as it would alone, so the equivalence contract holds)."""
-        rows = list(zip(sessions, ks, samplings, generators, min_confidences))
-        by_suffix = [s.use_suffix(k) for s, k, *_ in rows]
-        proposals: list[Proposal | None] = [None] * len(rows)
+        by_suffix = [session.use_suffix(ask.k) for session, ask in zip(sessions, asks)]
+        proposals: list[Proposal | None] = [None] * len(sessions)
         learned_rows = [i for i, suffix in enumerate(by_suffix) if not suffix]
-        self.counts["suffix"] += len(rows) - len(learned_rows)
+        self.counts["suffix"] += len(sessions) - len(learned_rows)
         self.counts["learned"] += len(learned_rows)
         for i, suffix in enumerate(by_suffix):
             if suffix:
-                session, *args = rows[i]
-                proposals[i] = session.suffix.propose(*args)
+                session = sessions[i]
+                proposals[i] = session.suffix.propose(*asks[i])
                 session._last = (session.suffix, proposals[i])
                 self._remember(session.suffix.tokens, proposals[i].tokens)
         if len(learned_rows) > 1 and isinstance(self.learned, BatchProposer):
-            picked = [rows[i] for i in learned_rows]
-            drafted = self.learned.propose_batch([r[0].learned for r in picked], *[list(c) for c in zip(*picked)][1:])
+            drafted = self.learned.propose_batch([sessions[i].learned for i in learned_rows], [asks[i] for i in learned_rows])
         else:
-            drafted = [rows[i][0].learned.propose(*rows[i][1:]) for i in learned_rows]
+            drafted = [sessions[i].learned.propose(*asks[i]) for i in learned_rows]
         for i, proposal in zip(learned_rows, drafted):
             proposals[i] = proposal
-            rows[i][0]._last = (rows[i][0].learned, proposal)
+            sessions[i]._last = (sessions[i].learned, proposal)
         return proposals
 
     def _remember(self, context: list[int], proposed: torch.Tensor) -> None:

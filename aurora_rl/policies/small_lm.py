@@ -10,9 +10,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.draft import BatchesThroughSessions, Proposal, ProposesAsOneRow, propose_autoregressively_batched
+from aurora_rl.core.draft import BatchesThroughSessions, DraftAsk, Proposal, ProposesAsOneRow, propose_autoregressively_batched
 from aurora_rl.core.ragged import run_cached_ragged
-from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.target import RollbackCache
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
 
@@ -30,8 +29,8 @@ class SmallLMSession(ProposesAsOneRow):
         self.tokens: list[int] = [int(t) for t in context_ids]
         self._proposed: list[int] = []
 
-    def propose_rows(self, sessions, ks, samplings, generators, min_confidences) -> list[Proposal]:
-        return propose_for_sessions(self.model, sessions, ks, samplings, generators, min_confidences)
+    def propose_rows(self, sessions, asks) -> list[Proposal]:
+        return propose_for_sessions(self.model, sessions, asks)
 
     def ready_to_draft(self) -> list[int]:
         """Drop a previous draft's entries (proposing twice without a verdict redrafts) and
@@ -55,10 +54,7 @@ class SmallLMSession(ProposesAsOneRow):
 def propose_for_sessions(
     model: PreTrainedModel,
     sessions: Sequence[SmallLMSession],
-    ks: Sequence[int],
-    samplings: Sequence[SamplingParams],
-    generators: Sequence[torch.Generator | None],
-    min_confidences: Sequence[float | None],
+    asks: Sequence[DraftAsk],
 ) -> list[Proposal]:
     """The draft loop of one or many sessions: each round feeds every row still drafting in
     one forward (a lone row runs exactly the one-sequence forward, see ``run_cached_ragged``)."""
@@ -69,7 +65,7 @@ def propose_for_sessions(
         feeds = [s.ready_to_draft() for s in picked] if fed is None else [[t] for t in fed]
         return [out.logits[-1] for out in run_cached_ragged(model, [s.cache for s in picked], feeds)]
 
-    proposals = propose_autoregressively_batched(next_logits, ks, samplings, generators, min_confidences)
+    proposals = propose_autoregressively_batched(next_logits, asks)
     for session, proposal in zip(sessions, proposals):
         session.expect_verdict_on(proposal)
     return proposals
