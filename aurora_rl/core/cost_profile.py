@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,6 +31,16 @@ from aurora_rl.world.cache import cache_root
 
 PROFILE_VERSION = 3  # 3: widths timed in turns
 DEFAULT_BATCHES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class ProfileShape:
+    """How a profile is taken besides its lookahead: the batch sizes measured, the context
+    prefix each forward runs after, and the repeats each figure is the fastest of."""
+
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    context: int = 64
+    repeats: int = 9
 
 
 def _min_seconds(runs: Sequence[Callable[[], None]], repeats: int) -> list[float]:
@@ -95,19 +106,17 @@ def profile_cost(
     target: Target,
     drafter: DraftPolicy,
     max_k: int = 8,
-    batches: Sequence[int] = DEFAULT_BATCHES,
-    context: int = 64,
-    repeats: int = 9,
+    shape: ProfileShape = ProfileShape(),
     label: str = "",
 ) -> CostModel:
     """Measure target seconds by width (``1 .. max_k + 1``) and batch, and draft seconds per
     proposal by batch, on this machine now."""
     if max_k < 1:
         raise ValueError(f"max_k must be >= 1, got {max_k}")
-    context = min(context, target.max_positions - max_k - 2)
-    rows = tuple(_target_row(target, b, max_k + 1, context, repeats) for b in batches)
-    draft = tuple(_draft_round_seconds(target, drafter, b, max_k, context, repeats) for b in batches)
-    return CostModel(tuple(batches), rows, draft, label or machine_label())
+    context, repeats = min(shape.context, target.max_positions - max_k - 2), shape.repeats
+    rows = tuple(_target_row(target, b, max_k + 1, context, repeats) for b in shape.batches)
+    draft = tuple(_draft_round_seconds(target, drafter, b, max_k, context, repeats) for b in shape.batches)
+    return CostModel(tuple(shape.batches), rows, draft, label or machine_label())
 
 
 def machine_label() -> str:
@@ -134,7 +143,7 @@ def _shape_of(module) -> dict:
             "dtype": str(parameters[0].dtype) if parameters else ""}
 
 
-def cost_key(target: Target, drafter: DraftPolicy, max_k: int, batches: Sequence[int], context: int) -> str:
+def cost_key(target: Target, drafter: DraftPolicy, max_k: int, shape: ProfileShape = ProfileShape()) -> str:
     """What the measured seconds depend on: model shapes, the machine, the profile's shape."""
     payload = {
         "version": PROFILE_VERSION,
@@ -142,7 +151,7 @@ def cost_key(target: Target, drafter: DraftPolicy, max_k: int, batches: Sequence
         "hidden_layers": list(target.hidden_layers),
         "drafter": {"class": type(drafter).__name__, **_shape_of(getattr(drafter, "model", drafter))},
         "machine": [machine_label(), platform.machine(), torch.__version__, str(torch.get_default_dtype())],
-        "profile": [max_k, list(batches), context],
+        "profile": [max_k, list(shape.batches), shape.context],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -151,21 +160,20 @@ def cached_cost_model(
     target: Target,
     drafter: DraftPolicy,
     max_k: int = 8,
-    batches: Sequence[int] = DEFAULT_BATCHES,
-    context: int = 64,
+    shape: ProfileShape = ProfileShape(),
     cache_dir: str | os.PathLike | None = None,
     refresh: bool = False,
 ) -> CostModel:
     """The cost model of this target + drafter on this machine: profiled on first use
     (a few seconds), then read from ``<cache>/cost_models/<key>.json``. ``refresh=True``
     measures again (e.g. after a noisy first profile on a busy machine)."""
-    path = cache_root(cache_dir) / "cost_models" / f"{cost_key(target, drafter, max_k, batches, context)}.json"
+    path = cache_root(cache_dir) / "cost_models" / f"{cost_key(target, drafter, max_k, shape)}.json"
     if path.is_file() and not refresh:
         try:
             return CostModel.from_json(path.read_text())
         except (ValueError, KeyError, TypeError):
             pass  # a torn or foreign file: measure again
-    model = profile_cost(target, drafter, max_k, batches, context)
+    model = profile_cost(target, drafter, max_k, shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
     partial.write_text(model.to_json())
