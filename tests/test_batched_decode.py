@@ -17,6 +17,7 @@ from aurora_rl.core.spec import DecodeConfig, speculate_batch, speculate_step, s
 from aurora_rl.core.target import RollbackCache, Target, run_cached
 from aurora_rl.policies.eagle import EagleDrafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.policies.suffix import SuffixConfig, SuffixDrafter
 from conftest import make_llama, perturbed_copy
 
 EOS = 1
@@ -300,3 +301,10 @@ def test_batched_proposals_equal_each_session_alone(random_target_model, kind):
 def test_batched_draft_loop_needs_a_proposal_per_row():
     with pytest.raises(ValueError, match=r"every row needs k >= 1 proposals, got \[2, 0\]"):
         propose_autoregressively_batched(lambda rows, fed: [], [DraftAsk(2, GREEDY), DraftAsk(0, GREEDY)])
+
+
+def test_a_batch_with_more_rows_than_asks_is_refused_not_cut_short():
+    drafter = SuffixDrafter(32, SuffixConfig())
+    sessions = [drafter.start(torch.tensor([1, 2, 3])) for _ in range(3)]
+    with pytest.raises(ValueError, match=r"^3 sessions and 2 asks: give one DraftAsk per session$"):
+        drafter.propose_batch(sessions, [DraftAsk(2, GREEDY)] * 2)

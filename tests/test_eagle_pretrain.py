@@ -11,7 +11,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from aurora_rl.algos.eagle_pretrain import EaglePretrainRecipe, _fingerprint, eagle_pretrainer, learning_rate
+from aurora_rl.algos.eagle_pretrain import (
+    EAGLE_PRETRAIN_VERSION, EaglePretrainRecipe, _fingerprint, eagle_pretrainer, learning_rate, pretrain_eagle,
+)
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
@@ -92,10 +94,25 @@ def test_an_unknown_schedule_is_refused_by_name():
 
 
 def test_a_constant_rate_keeps_the_cache_key_heads_had_before_the_schedule_existed(tiny):
-    world = get_world("tiny")
+    world = tiny[0]
     recipe = EaglePretrainRecipe()
     assert _fingerprint(world, recipe) != _fingerprint(world, EaglePretrainRecipe(lr_schedule="cosine"))
     # The key as the code before the lr_schedule field computed it (checked equal to 8b896bc's).
     fields = {k: v for k, v in asdict(recipe).items() if k != "lr_schedule"}
-    payload = {"version": 1, "world": world.recipe.fingerprint(), "recipe": fields}
+    payload = {"version": EAGLE_PRETRAIN_VERSION, "world": world.recipe.fingerprint(), "recipe": fields}
     assert _fingerprint(world, recipe) == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def test_the_schedule_reaches_the_optimizer_that_steps(tiny, monkeypatch):
+    world, tokenizer, target, _ = tiny
+    recipe = EaglePretrainRecipe(hidden_layers=(-1,), draft_vocab_size=VOCAB, num_prompts=2, max_new_tokens=4,
+                                 steps=4, batch_size=2, lr_schedule="cosine")  # fmt: skip
+    used, step = [], torch.optim.AdamW.step
+
+    def recording_step(optimizer, *args, **kwargs):
+        used.append(optimizer.param_groups[0]["lr"])
+        return step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    pretrain_eagle(world, target, tokenizer, recipe, progress=False)
+    assert used == [learning_rate(recipe, s) for s in range(recipe.steps)]

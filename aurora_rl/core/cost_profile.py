@@ -36,11 +36,16 @@ DEFAULT_BATCHES = (1, 2, 4, 8)
 @dataclass(frozen=True)
 class ProfileShape:
     """How a profile is taken besides its lookahead: the batch sizes measured, the context
-    prefix each forward runs after, and the repeats each figure is the fastest of."""
+    prefix each forward runs after, and the repeats each figure is the fastest of. The cache
+    key holds batches and context (they change what is measured), not repeats (they only
+    change how surely the minimum is found)."""
 
     batches: tuple[int, ...] = DEFAULT_BATCHES
     context: int = 64
     repeats: int = 9
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batches", tuple(int(b) for b in self.batches))
 
 
 def _min_seconds(runs: Sequence[Callable[[], None]], repeats: int) -> list[float]:

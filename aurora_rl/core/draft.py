@@ -59,9 +59,10 @@ StopRule = Union[float, Callable[[int, "torch.Tensor | None", int], bool], None]
 
 
 class DraftAsk(NamedTuple):
-    """What one row asks of a drafter in a step: ``DraftSession.propose``'s arguments, so
-    ``session.propose(*ask)`` proposes for that row alone. A batch of rows is a list of
-    asks (one record per row, never parallel lists that could fall out of step)."""
+    """What one row asks of a drafter in a step: ``DraftSession.propose``'s arguments in its
+    order (``stop`` is its ``min_confidence``, a :data:`StopRule`), so ``session.propose(*ask)``
+    proposes for that row alone. A batch of rows is a list of asks: one record per row, never
+    parallel lists that could fall out of step."""
 
     k: int
     sampling: SamplingParams
@@ -195,6 +196,7 @@ class BatchesThroughSessions:
     ``sessions[row].propose(*asks[row])`` alone)."""
 
     def propose_batch(self, sessions, asks) -> list[Proposal]:
+        check_one_ask_per_session(sessions, asks)
         if not sessions:
             return []
         return sessions[0].propose_rows(sessions, asks)
@@ -206,7 +208,14 @@ class ProposesRowByRow:
     the equivalence contract holds by construction."""
 
     def propose_batch(self, sessions, asks) -> list[Proposal]:
+        check_one_ask_per_session(sessions, asks)
         return [session.propose(*ask) for session, ask in zip(sessions, asks)]
+
+
+def check_one_ask_per_session(sessions: Sequence[DraftSession], asks: Sequence[DraftAsk]) -> None:
+    """Refuse a batch whose rows and asks do not pair up (``zip`` would drop rows silently)."""
+    if len(sessions) != len(asks):
+        raise ValueError(f"{len(sessions)} sessions and {len(asks)} asks: give one DraftAsk per session")
 
 
 def unconfident(raw_logits: torch.Tensor, token: int, min_confidence: float | None) -> bool:

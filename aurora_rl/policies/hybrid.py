@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from aurora_rl.core.draft import BatchProposer, DraftAsk, DraftSession, Proposal, ProposesAsOneRow
+from aurora_rl.core.draft import BatchProposer, DraftAsk, DraftSession, Proposal, ProposesAsOneRow, check_one_ask_per_session
 from aurora_rl.core.trace import Trace, TopKProbs
 from aurora_rl.policies.checkpoint import read_manifest, write_manifest
 from aurora_rl.policies.suffix import SuffixDrafter
@@ -132,6 +132,7 @@ class HybridDrafter:
     def propose_batch(self, sessions: Sequence[HybridSession], asks: Sequence[DraftAsk]) -> list[Proposal]:
         """Suffix rows propose alone; the learned rows together in the learned drafter's
         batched forwards (each row as it would alone, so the equivalence contract holds)."""
+        check_one_ask_per_session(sessions, asks)
         by_suffix = [session.use_suffix(ask.k) for session, ask in zip(sessions, asks)]
         proposals: list[Proposal | None] = [None] * len(sessions)
         learned_rows = [i for i, suffix in enumerate(by_suffix) if not suffix]
