@@ -6,7 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import subprocess
+import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +120,19 @@ def test_the_schedule_reaches_the_optimizer_that_steps(tiny, monkeypatch):
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
     pretrain_eagle(world, target, tokenizer, recipe, progress=False)
     assert used == [learning_rate(recipe, s) for s in range(recipe.steps)]
+
+
+def test_head_tau_bench_scores_every_head_at_every_k(tmp_path):
+    recipe = "hidden_layers=[-1] draft_vocab_size=40 num_prompts=4 max_new_tokens=8 steps=30 batch_size=4"
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "head_tau.py"), "--world", "tiny", "--recipe", recipe, "--recipe", f"{recipe} lr_schedule=cosine",
+         "--k", "2", "3", "--num-prompts", "2", "--max-new-tokens", "8", "--target-weights", "fp32", "--json", str(tmp_path / "tau.json")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "tau.json").read_text())["results"]
+    assert [(row["recipe"].endswith("cosine"), row["k"]) for row in rows] == [(False, 2), (False, 3), (True, 2), (True, 3)]
+    for row in rows:
+        assert row["tau"] == row["tokens"] / row["steps"] >= 1.0
+        assert len(row["kept_by_position"]) == row["k"] and all(0.0 <= rate <= 1.0 for rate in row["kept_by_position"])
+    assert result.stdout.count("| tau ") == 4
