@@ -142,11 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             eagle = pretrained_eagle(world, feature_target, tokenizer, recipe)
     # After the drafters are built: the self-draft copies fp32 layers, the EAGLE head reads
-    # the fp32 LM head rows; then target, small LM and head run on the chosen kernel.
+    # the fp32 LM head rows; then target and small LM run on the chosen kernel, and the EAGLE
+    # head drafts with a copy on the target's kernel (EagleDrafter.drafting_model).
     apply_target_weights(target_model, args.target_weights)
     apply_target_weights(drafter.model, args.target_weights)
-    if eagle is not None:  # frozen here (nothing trains it), so its linears may be converted in place
-        apply_target_weights(eagle.trainable, args.target_weights)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     stream = make_traffic(world.dataset("heldout"), "mixed", args.num_prompts, seed=args.seed)
     prompts = [torch.tensor(tokenizer(r.prompt)["input_ids"]) for r in stream.requests]

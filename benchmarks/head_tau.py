@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer, model = world.tokenizer(), world.target()
     target = Target(model, recipes[0].hidden_layers)
     heads = [pretrained_eagle(world, target, tokenizer, recipe) for recipe in recipes]
-    apply_target_weights(model, args.target_weights)
-    for head in heads:
-        apply_target_weights(head.trainable, args.target_weights)
+    apply_target_weights(model, args.target_weights)  # the heads then draft on its kernel too
     stream = make_traffic(world.dataset("heldout"), "mixed", args.num_prompts, seed=args.seed)
     prompts = [torch.tensor(tokenizer(r.prompt)["input_ids"]) for r in stream.requests]
 

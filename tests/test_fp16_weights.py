@@ -98,3 +98,49 @@ def test_an_eagle_head_served_on_fp16_weights_drafts_as_before_and_stays_lossles
 def test_unknown_weights_name_is_refused():
     with pytest.raises(ValueError, match=r"target weights='int4': choose one of \['fp32', 'fp16'\]"):
         apply_target_weights(make_llama(97, 16, 1, seed=0), "int4")
+
+
+def test_an_eagle_head_on_an_fp16_target_drafts_with_an_fp16_copy_and_trains_in_fp32(fp16_pair):
+    """The online arms and the server train the fp32 head and draft with a frozen fp16-kernel
+    copy of it, rebuilt after every in-place change; the output stays the target's."""
+    reference, converted, _ = fp16_pair
+    prompt = torch.randint(3, 97, (15,), generator=torch.Generator().manual_seed(4))
+    plain = EagleDrafter.from_target(Target(reference, (-1,)), seed=3, draft_vocab=list(range(1, 97, 2)))
+    assert plain.drafting_model() is plain.trainable  # an fp32 target: the head drafts itself
+    target = Target(converted, (-1,))
+    drafter = EagleDrafter.from_target(target, seed=3, draft_vocab=list(range(1, 97, 2)))
+    with torch.inference_mode():
+        hidden = target.forward(target.new_cache(), prompt).hidden[:-1]
+
+    def proposal(policy):
+        with torch.inference_mode():
+            return policy.start(prompt, hidden).propose(3, SamplingParams(), None, None)
+
+    def converted_in_place(policy):
+        fast = policy.clone()
+        use_fp16_weights(fast.trainable)
+        return fast
+
+    drafting = drafter.drafting_model()
+    assert isinstance(drafting.head.fc, Fp16Linear) and isinstance(drafter.head.fc, torch.nn.Linear)
+    assert drafter.drafting_model() is drafting  # built once per set of weights
+    assert torch.equal(proposal(drafter).logits, proposal(converted_in_place(drafter)).logits)
+    with torch.no_grad():  # what an optimizer step does: change the weights in place
+        drafter.head.fc.weight.mul_(1.5)
+    assert drafter.drafting_model() is not drafting
+    assert torch.equal(proposal(drafter).logits, proposal(converted_in_place(drafter)).logits)
+    ours = SpeculativeDecoder(target, drafter, DecodeConfig(k=3), [EOS]).generate(prompt, max_new_tokens=30)
+    expected = converted.generate(prompt[None], max_new_tokens=30, do_sample=False, eos_token_id=EOS, pad_token_id=2)
+    assert ours.tokens.tolist() == expected[0, len(prompt):].tolist()
+
+
+def test_a_full_vocabulary_head_scores_with_the_targets_fp16_lm_head_when_drafting(fp16_pair):
+    reference, converted, _ = fp16_pair
+    drafter = EagleDrafter.from_target(Target(converted, (-1,)), seed=3)
+    outputs = torch.randn(2, 64)
+    with torch.no_grad():
+        fast = drafter.drafting_model().logits(outputs)
+        slow = torch.nn.functional.linear(drafter.head.norm(outputs), reference.get_output_embeddings().weight)
+    torch.testing.assert_close(fast, slow, atol=1e-2, rtol=1e-2)
+    with torch.enable_grad():  # training reads the fp32 weight (the fp16 kernel has no autograd)
+        assert drafter.trainable.logits(outputs.requires_grad_(), training=True).requires_grad

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel
 
 from aurora_rl.core.batch import TraceBatch
 from aurora_rl.core.draft import BatchesThroughSessions, DraftAsk, Proposal, ProposesAsOneRow, propose_autoregressively_batched
-from aurora_rl.core.fp16_weights import Fp16Linear
+from aurora_rl.core.fp16_weights import Fp16Linear, use_fp16_weights
 from aurora_rl.core.target import Target
 from aurora_rl.policies.draft_vocab import check_draft_vocab
 from aurora_rl.policies.checkpoint import load_weights_strict, read_manifest, save_weights, write_manifest
@@ -204,6 +204,8 @@ class EagleModel(nn.Module):
         head = self.head
         if not head.config.draft_vocab_size:
             lm_head = self._shared[1]
+            if isinstance(lm_head, Fp16Linear) and not torch.is_grad_enabled():
+                return lm_head(head.norm(outputs)).float()  # the target's own fp16 kernel (no autograd)
             weight = lm_head.weight.detach()
             bias = None if lm_head.bias is None else lm_head.bias.detach()
             return F.linear(head.norm(outputs).to(weight.dtype), weight, bias).float()
@@ -278,6 +280,8 @@ class EagleDrafter(BatchesThroughSessions):
         self.model = EagleModel(head, target_model)
         self.target_model = target_model
         self.version = version
+        # (the head's parameter versions it was built from, the frozen fp16-kernel copy)
+        self._fp16_copy: tuple[tuple[int, ...], EagleModel] | None = None
 
     @classmethod
     def from_target(
@@ -354,7 +358,28 @@ class EagleDrafter(BatchesThroughSessions):
                 f"the EAGLE head needs the target's hidden_layers {self.hidden_layers} features at "
                 f"the {expected[0]} processed context positions, shape {expected}; got {got}"
             )
-        return EagleSession(self.model, context_ids, target_hidden)
+        return EagleSession(self.drafting_model(), context_ids, target_hidden)
+
+    def drafting_model(self) -> EagleModel:
+        """The model sessions draft with: the head itself, or, when the target's linears run on
+        fbgemm's fp16 kernel (``target_weights: fp16``), a frozen copy of the head whose linears
+        run on that kernel too, so a draft's matmuls cost what the target's do (SmolLM2: 29 ->
+        16 ms per 4-token draft). The head stays fp32 and trainable for learners, gates and
+        checkpoints. The copy is rebuilt when the head's weights have changed in place since
+        (an optimizer step, ``load_state_dict``: both bump the tensors' version counters), so
+        no session drafts with stale weights."""
+        drafts_fp16 = isinstance(self.target_model.get_output_embeddings(), Fp16Linear) and any(
+            isinstance(module, nn.Linear) for module in self.head.modules()
+        )  # a head converted in place (the benchmark's frozen one) already runs the fp16 kernel
+        if not drafts_fp16:
+            return self.model
+        # Inference tensors (made under inference_mode) keep no version counter; they are frozen.
+        versions = tuple(-1 if p.is_inference() else p._version for p in self.head.parameters())
+        if self._fp16_copy is None or self._fp16_copy[0] != versions:
+            frozen = copy.deepcopy(self.head)
+            use_fp16_weights(frozen)
+            self._fp16_copy = (versions, EagleModel(frozen, self.target_model))
+        return self._fp16_copy[1]
 
     def proposal_logits(self, batch: TraceBatch) -> torch.Tensor:
         """``(B, k, V)`` draft logits at every proposal position, with gradients (see
