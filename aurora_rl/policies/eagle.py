@@ -105,11 +105,7 @@ class EagleSession(ProposesAsOneRow):
         self._proposed = []
 
 
-def propose_for_sessions(
-    model: EagleModel,
-    sessions: Sequence[EagleSession],
-    asks: Sequence[DraftAsk],
-) -> list[Proposal]:
+def propose_for_sessions(model: EagleModel, sessions: Sequence[EagleSession], asks: Sequence[DraftAsk]) -> list[Proposal]:
     """The draft loop of one or many sessions: each feeds its pending true pairs alone
     (ragged lengths), then every round runs the head once for all rows still drafting, each
     reading its own previous output and the token it drew (:func:`step_ragged`)."""

@@ -51,11 +51,7 @@ class SmallLMSession(ProposesAsOneRow):
         self._proposed = []
 
 
-def propose_for_sessions(
-    model: PreTrainedModel,
-    sessions: Sequence[SmallLMSession],
-    asks: Sequence[DraftAsk],
-) -> list[Proposal]:
+def propose_for_sessions(model: PreTrainedModel, sessions: Sequence[SmallLMSession], asks: Sequence[DraftAsk]) -> list[Proposal]:
     """The draft loop of one or many sessions: each round feeds every row still drafting in
     one forward (a lone row runs exactly the one-sequence forward, see ``run_cached_ragged``)."""
 
