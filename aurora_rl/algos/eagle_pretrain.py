@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 EAGLE_PRETRAIN_VERSION = 1
 REQUIRED_FILES = ("policy.json", "config.json", "model.safetensors", "report.json")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,6 @@ class EaglePretrainRecipe:
                 raise ValueError(f"EaglePretrainRecipe.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"EaglePretrainRecipe.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-
-
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def learning_rate(recipe: EaglePretrainRecipe, step: int) -> float:

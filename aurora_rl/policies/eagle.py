@@ -235,7 +235,7 @@ class EagleDrafter(BatchesThroughSessions):
         no session drafts with stale weights."""
         drafts_fp16 = isinstance(self.target_model.get_output_embeddings(), Fp16Linear) and any(
             isinstance(module, nn.Linear) for module in self.head.modules()
-        )  # a head converted in place (the benchmark's frozen one) already runs the fp16 kernel
+        )  # a head whose linears were converted in place (use_fp16_weights) already runs the kernel
         if not drafts_fp16:
             return self.model
         # Inference tensors (made under inference_mode) keep no version counter; they are frozen.
