@@ -17,6 +17,7 @@ draft length each controller chose by position in the request and over the run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         world = get_world(args.world)
         tokenizer, target = world.tokenizer(), Target(world.target())
-        drafter, drafter_key = pretrained_drafter(world, DrafterRecipe()), DrafterRecipe().__dict__
+        drafter, drafter_key = pretrained_drafter(world, DrafterRecipe()), dataclasses.asdict(DrafterRecipe())
     eos = eos_token_ids(tokenizer)
     cost = cached_cost_model(target, drafter, args.k)
     print(f"cost model: {cost.summary()}")

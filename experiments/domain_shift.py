@@ -25,7 +25,7 @@ from tqdm import tqdm  # noqa: E402
 from aurora_rl.core.generate import SpeculativeDecoder  # noqa: E402
 from aurora_rl.core.spec import DecodeConfig  # noqa: E402
 from aurora_rl.core.target import Target  # noqa: E402
-from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter  # noqa: E402
+from aurora_rl.policies.pretrained import DRAFTER_TRAINING, DrafterRecipe, pretrained_drafter  # noqa: E402
 from aurora_rl.world import get_world  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         for d in world.domains
     }
     drafters = {
-        "all": pretrained_drafter(world, DrafterRecipe(steps=args.steps)),
-        **{d: pretrained_drafter(world, DrafterRecipe(domains=(d,), steps=args.steps)) for d in world.domains},
+        "all": pretrained_drafter(world, DrafterRecipe(training=DRAFTER_TRAINING.with_steps(args.steps))),
+        **{d: pretrained_drafter(world, DrafterRecipe((d,), DRAFTER_TRAINING.with_steps(args.steps))) for d in world.domains},
     }
     table: dict[str, dict[str, float]] = {}
     cells = [(trained_on, evaluated_on) for trained_on in drafters for evaluated_on in world.domains]

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from aurora_rl.policies.pretrained import DrafterRecipe, fingerprint
 from aurora_rl.train.config import ConfigError, load_config
-from aurora_rl.world import ModelShape, RECIPES, World, native_bf16, resolve_precision, train_causal_lm, world_dir
+from aurora_rl.world import LMTraining, ModelShape, RECIPES, World, native_bf16, resolve_precision, train_causal_lm, world_dir
 from aurora_rl.world.precision import ENV_PRECISION, autocast
 
 from conftest import make_llama
@@ -75,7 +75,7 @@ def test_the_trainer_reports_and_uses_the_precision_it_was_given():
 
     def run(precision):
         model = make_llama(vocab=300, hidden=32, layers=1, seed=0)
-        metrics = train_causal_lm(model, tokenizer, texts, steps=2, batch_size=2, seq_len=8, lr=1e-2, seed=0,
+        metrics = train_causal_lm(model, tokenizer, texts, LMTraining(steps=2, batch_size=2, seq_len=8, lr=1e-2), seed=0,
                                   progress=False, precision=precision)  # fmt: skip
         return model, metrics
 

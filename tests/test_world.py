@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from aurora_rl.world import RECIPES, ModelShape, WorldRecipe, get_world, train_causal_lm, world_dir
+from aurora_rl.world import RECIPES, LMTraining, ModelShape, WorldRecipe, get_world, train_causal_lm, world_dir
 
 # Every stage of a real build, at a size that builds in about a second.
 MICRO = dataclasses.replace(
@@ -28,10 +28,7 @@ MICRO = dataclasses.replace(
     vocab_size=320,
     target=ModelShape(layers=1, hidden=32, heads=2, intermediate=64),
     drafter=ModelShape(layers=1, hidden=16, heads=2, intermediate=32),
-    train_steps=3,
-    batch_size=2,
-    seq_len=64,
-    warmup_steps=1,
+    training=LMTraining(steps=3, batch_size=2, seq_len=64, lr=3e-3, warmup=1),
 )
 
 
@@ -163,7 +160,7 @@ def test_recipe_change_moves_the_world_elsewhere(tmp_path, monkeypatch):
     base = world_dir(MICRO, tmp_path)
     assert base.parent == tmp_path / "worlds" and base.name.startswith("micro-")
     assert world_dir(dataclasses.replace(MICRO, seed=1), tmp_path) != base
-    assert world_dir(dataclasses.replace(MICRO, train_steps=4), tmp_path) != base
+    assert world_dir(dataclasses.replace(MICRO, training=MICRO.training.with_steps(4)), tmp_path) != base
     monkeypatch.setattr("aurora_rl.world.recipe.BUILD_VERSION", 10**6)
     assert world_dir(MICRO, tmp_path) != base
     monkeypatch.undo()
@@ -176,8 +173,8 @@ def test_recipe_change_moves_the_world_elsewhere(tmp_path, monkeypatch):
     [
         ({"vocab_size": 100}, "WorldRecipe.vocab_size=100: must be >= 259"),
         ({"domains": ("code", "poetry")}, "WorldRecipe.domains: unknown ['poetry']"),
-        ({"warmup_steps": 500}, "WorldRecipe.warmup_steps=500: must be in [0, train_steps=400]"),
-        ({"seq_len": 1024}, "WorldRecipe.max_positions=512 < seq_len=1024"),
+        ({"training": LMTraining(steps=400, batch_size=8, seq_len=1024, lr=3e-3)},
+         "WorldRecipe.max_positions=512 < training.seq_len=1024"),
         ({"name": "my world"}, "WorldRecipe.name='my world'"),
     ],
 )
@@ -185,6 +182,24 @@ def test_recipe_validation_names_the_field(change, message):
     with pytest.raises(ValueError) as error:
         dataclasses.replace(RECIPES["tiny"], **change)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"steps": 0}, "LMTraining.steps=0: must be a positive int."),
+        ({"seq_len": 2.5}, "LMTraining.seq_len=2.5: must be a positive int."),
+        ({"lr": 0.0}, "LMTraining.lr=0.0: must be > 0."),
+        ({"warmup": 11}, "LMTraining.warmup=11: must be in [0, steps=10]."),
+    ],
+)
+def test_lm_training_checks_its_ranges_once_for_every_recipe(fields, message):
+    good = {"steps": 10, "batch_size": 2, "seq_len": 8, "lr": 1e-3}
+    with pytest.raises(ValueError) as error:
+        LMTraining(**{**good, **fields})
+    assert str(error.value) == message
+    # A shorter run keeps its warm-up inside it.
+    assert LMTraining(**good, warmup=5).with_steps(3) == LMTraining(steps=3, batch_size=2, seq_len=8, lr=1e-3, warmup=3)
 
 
 def test_model_shape_rejects_indivisible_heads():
@@ -209,9 +224,8 @@ def test_train_causal_lm_learns_and_is_deterministic(tiny):
     def run(seed):
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
-        metrics = train_causal_lm(
-            model, tokenizer, texts, steps=60, batch_size=8, seq_len=64, lr=1e-2, seed=seed, warmup=5, progress=False
-        )
+        training = LMTraining(steps=60, batch_size=8, seq_len=64, lr=1e-2, warmup=5)
+        metrics = train_causal_lm(model, tokenizer, texts, training, seed=seed, progress=False)
         return model, metrics
 
     (first, metrics), (second, _), (third, _) = run(seed=0), run(seed=0), run(seed=1)
@@ -220,7 +234,8 @@ def test_train_causal_lm_learns_and_is_deterministic(tiny):
     weights = [model.model.embed_tokens.weight for model in (first, second, third)]
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
     with pytest.raises(ValueError, match="fewer than seq_len \\+ 1 = 4097"):
-        train_causal_lm(first, tokenizer, texts[:1], steps=1, batch_size=1, seq_len=4096, lr=1e-3, seed=0, progress=False)
+        train_causal_lm(first, tokenizer, texts[:1], LMTraining(steps=1, batch_size=1, seq_len=4096, lr=1e-3), seed=0,
+                        progress=False)  # fmt: skip
 
 
 def test_cli_info_smoke(tiny):

@@ -19,7 +19,7 @@ from aurora_rl.policies.checkpoint import POLICY_FILE, read_manifest
 from aurora_rl.policies.draft_vocab import choose_draft_vocab
 from aurora_rl.policies.eagle import EagleDrafter
 from aurora_rl.policies.hybrid import HybridDrafter
-from aurora_rl.policies.pretrained import DrafterRecipe, pretrained_drafter
+from aurora_rl.policies.pretrained import DRAFTER_TRAINING, DrafterRecipe, pretrained_drafter
 from aurora_rl.policies.prompt_lookup import PromptLookupConfig, PromptLookupDrafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.policies.suffix import SuffixConfig, SuffixDrafter
@@ -106,7 +106,7 @@ def pretrained(spec: DrafterSection, target: Target, world: World, *, seed: int,
         return load_drafter(spec.path, target)
     domains = tuple(spec.pretrain_domains) if spec.pretrain_domains else None
     if spec.kind == "small_lm":
-        recipe = DrafterRecipe(domains=domains, steps=spec.pretrain_steps, seed=seed)
+        recipe = DrafterRecipe(domains, DRAFTER_TRAINING.with_steps(spec.pretrain_steps), seed)
         return pretrained_drafter(world, recipe, cache_dir, progress=progress, precision=precision)
     return pretrain_eagle(domains)
 

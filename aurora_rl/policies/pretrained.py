@@ -16,7 +16,7 @@ from pathlib import Path
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.settings import documented
 from aurora_rl.world import World, resolve_precision, train_causal_lm
-from aurora_rl.world.lm_training import pack_examples
+from aurora_rl.world.lm_training import LMTraining, pack_examples
 from aurora_rl.world.tokenizer import encoded_examples
 from aurora_rl.world.cache import InvalidWorld, cache_root, exclusive_lock, read_manifest, staging_directory, write_manifest
 
@@ -24,23 +24,16 @@ logger = logging.getLogger(__name__)
 
 DRAFTER_BUILD_VERSION = 2
 REQUIRED_FILES = ("policy.json", "config.json", "model.safetensors")
+DRAFTER_TRAINING = LMTraining(steps=300, batch_size=16, seq_len=128, lr=3e-3, warmup=20)
 
 
 @dataclass(frozen=True)
 class DrafterRecipe:
     domains: tuple[str, ...] | None = documented("world domains to pretrain on (None = all of them)", None)
-    steps: int = documented("optimizer steps", 300)
-    batch_size: int = documented("sequences per step", 16)
-    seq_len: int = documented("tokens per sequence", 128)
-    lr: float = documented("peak AdamW learning rate", 3e-3)
+    training: LMTraining = documented("how the drafter is language-modelled", DRAFTER_TRAINING)
     seed: int = documented("seeds init and batch order", 0)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DrafterRecipe.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"DrafterRecipe.lr must be > 0, got {self.lr}")
         if self.domains is not None and not self.domains:
             raise ValueError("DrafterRecipe.domains must be None (all) or a non-empty tuple")
 
@@ -96,20 +89,9 @@ def _train(world: World, recipe: DrafterRecipe, progress: bool, precision: str) 
     examples = encoded_examples(tokenizer, data["prompt"], data["reference"])
     stream = pack_examples(examples)
     drafter = SmallLMDrafter.from_config(world.drafter_config(), seed=recipe.seed)
-    train_causal_lm(
-        drafter.model,
-        tokenizer,
-        stream,
-        steps=recipe.steps,
-        batch_size=recipe.batch_size,
-        seq_len=recipe.seq_len,
-        lr=recipe.lr,
-        seed=recipe.seed,
-        warmup=min(20, recipe.steps),
-        progress=progress,
-        desc=f"pretrain drafter on {'all domains' if recipe.domains is None else '+'.join(recipe.domains)}",
-        precision=precision,
-    )
+    domains = "all domains" if recipe.domains is None else "+".join(recipe.domains)
+    train_causal_lm(drafter.model, tokenizer, stream, recipe.training, seed=recipe.seed, progress=progress,
+                    desc=f"pretrain drafter on {domains}", precision=precision)  # fmt: skip
     return drafter
 
 

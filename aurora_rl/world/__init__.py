@@ -9,7 +9,7 @@ Hugging Face model; plus seeded traffic streams (mixed, ordered, drift) over any
     stream = make_traffic(world.dataset("heldout"), "ordered", num_requests=100, seed=0)
 """
 
-from .lm_training import train_causal_lm
+from .lm_training import LMTraining, train_causal_lm
 from .precision import PRECISIONS, native_bf16, resolve_precision
 from .recipe import BUILD_VERSION, RECIPES, ModelShape, WorldRecipe
 from .traffic import SCHEDULES, Phase, Request, TrafficStream, load_prompts, make_traffic
@@ -17,6 +17,7 @@ from .world import World, get_world, world_dir
 
 __all__ = [
     "BUILD_VERSION",
+    "LMTraining",
     "PRECISIONS",
     "RECIPES",
     "ModelShape",

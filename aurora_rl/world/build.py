@@ -81,22 +81,12 @@ def build_world(recipe: WorldRecipe, directory: Path, *, progress: bool = True, 
         target = LlamaForCausalLM(config)
     logger.info(
         "world %r: training the target (%.1fM parameters) on %d tokens for %d steps",
-        recipe.name, target.num_parameters() / 1e6, stream.numel(), recipe.train_steps,
+        recipe.name, target.num_parameters() / 1e6, stream.numel(), recipe.training.steps,
     )  # fmt: skip
     training = train_causal_lm(
-        target,
-        tokenizer,
-        stream,
-        steps=recipe.train_steps,
-        batch_size=recipe.batch_size,
-        seq_len=recipe.seq_len,
-        lr=recipe.learning_rate,
-        seed=recipe.seed,
-        warmup=recipe.warmup_steps,
-        progress=progress,
-        desc=f"target ({recipe.name})",
-        precision=precision,
-    )
+        target, tokenizer, stream, recipe.training, seed=recipe.seed, progress=progress,
+        desc=f"target ({recipe.name})", precision=precision,
+    )  # fmt: skip
     target.save_pretrained(directory)
     drafter_config = model_config(recipe.drafter, tokenizer, recipe.max_positions)
     drafter_config.save_pretrained(directory / DRAFTER_DIR)

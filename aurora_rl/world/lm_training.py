@@ -8,20 +8,50 @@ natively (`precision.resolve_precision`: emulated bf16 is 10-30x slower than fp3
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from aurora_rl.settings import documented
+
 from .precision import autocast, resolve_precision
 
 WEIGHT_DECAY = 0.1
 GRAD_CLIP_NORM = 1.0
 MIN_LR_RATIO = 0.1  # the cosine schedule ends at lr * MIN_LR_RATIO
+
+
+@dataclass(frozen=True)
+class LMTraining:
+    """How long and how hard `train_causal_lm` trains: the one place its ranges are checked,
+    shared by the world's target recipe and the pretrained drafters' recipe."""
+
+    steps: int = documented("optimizer steps (>= 1)")
+    batch_size: int = documented("sequences per step (>= 1)")
+    seq_len: int = documented("tokens per training sequence (>= 1)")
+    lr: float = documented("peak AdamW learning rate (> 0), reached after warm-up, then cosine decay")
+    warmup: int = documented("linear warm-up steps, in [0, steps]", 0)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LMTraining.{name}={value!r}: must be a positive int.")
+        if not self.lr > 0:
+            raise ValueError(f"LMTraining.lr={self.lr!r}: must be > 0.")
+        if not 0 <= self.warmup <= self.steps:
+            raise ValueError(f"LMTraining.warmup={self.warmup}: must be in [0, steps={self.steps}].")
+
+    def with_steps(self, steps: int) -> LMTraining:
+        """The same run, `steps` long; warm-up is cut to fit a shorter one."""
+        return dataclasses.replace(self, steps=steps, warmup=min(self.warmup, steps))
 
 
 def pack_texts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> torch.Tensor:
@@ -73,13 +103,9 @@ def train_causal_lm(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts_or_token_stream: Sequence[str] | torch.Tensor,
+    training: LMTraining,
     *,
-    steps: int,
-    batch_size: int,
-    seq_len: int,
-    lr: float,
     seed: int,
-    warmup: int = 0,
     progress: bool = True,
     desc: str = "train",
     precision: str | None = None,
@@ -90,8 +116,8 @@ def train_causal_lm(
         model: a causal LM returning `.logits` of shape (B, T, V); trained on the device of its parameters.
         tokenizer: supplies <bos> / <eos> ids (texts are packed as <bos> text <eos>).
         texts_or_token_stream: a sequence of documents, or an already packed 1-D LongTensor of ids.
-        steps, batch_size, seq_len: each step draws `batch_size` windows of `seq_len` + 1 tokens.
-        lr, warmup: peak AdamW learning rate and linear warm-up steps before cosine decay.
+        training: each of its `steps` draws `batch_size` windows of `seq_len` + 1 tokens; AdamW
+            at peak `lr` after `warmup` linear steps, then cosine decay.
         seed: fixes the window order (and any dropout); the same seed, data and machine give
             identical weights. The caller's global RNG state is left untouched.
         progress, desc: show a tqdm bar with this label.
@@ -103,11 +129,7 @@ def train_causal_lm(
         where loss_last is the mean loss over the last tenth of the steps and precision is the one
         resolved ("fp32" or "bf16"). The model is left in eval mode.
     """
-    if steps < 1 or batch_size < 1 or seq_len < 1 or not lr > 0 or not 0 <= warmup <= steps:
-        raise ValueError(
-            f"need steps >= 1, batch_size >= 1, seq_len >= 1, lr > 0, 0 <= warmup <= steps; got steps={steps}, "
-            f"batch_size={batch_size}, seq_len={seq_len}, lr={lr}, warmup={warmup}."
-        )
+    steps, batch_size, seq_len = training.steps, training.batch_size, training.seq_len
     if isinstance(texts_or_token_stream, torch.Tensor):
         if texts_or_token_stream.dim() != 1:
             raise ValueError(f"a token stream must be 1-D; got shape {tuple(texts_or_token_stream.shape)}.")
@@ -123,10 +145,12 @@ def train_causal_lm(
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]  # norms and biases
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
+        lr=training.lr,
         betas=(0.9, 0.95),
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_with_warmup(step, steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_with_warmup(step, steps, training.warmup)
+    )
 
     losses = []
     began = time.perf_counter()

