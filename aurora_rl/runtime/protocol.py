@@ -204,11 +204,20 @@ class SpecDecodeStats(BaseModel):
     draft_versions: list[int]  # the draft versions that proposed, in order of first use
 
 
-class CompletionChoice(BaseModel):
+FinishReason = Literal["stop", "length"]
+
+
+class _Choice(BaseModel):
+    """The fields every choice carries; each kind adds its content (``text``, ``message`` or
+    ``delta``). ``finish_reason`` is null on a streamed chunk until the last one."""
+
     index: int = 0
-    text: str
     logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
+
+
+class CompletionChoice(_Choice):
+    text: str
 
 
 class _Envelope(BaseModel):
@@ -235,11 +244,9 @@ class ChatMessageOut(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
-    index: int = 0
+class ChatChoice(_Choice):
     message: ChatMessageOut
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
 
 
 class ChatCompletionResponse(_Envelope):
@@ -253,11 +260,8 @@ class ChatDelta(BaseModel):
     content: str | None = None
 
 
-class ChatChunkChoice(BaseModel):
-    index: int = 0
+class ChatChunkChoice(_Choice):
     delta: ChatDelta
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
 
 
 class ChatCompletionChunk(_Envelope):
