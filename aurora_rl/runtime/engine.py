@@ -331,7 +331,7 @@ class Engine:
             sequence.versions.append(trace.draft_version)
         self._publish_trace(trace)
         finish_reason = sequence.state.finish_reason
-        stats = self._stats(sequence, finish_reason) if finish_reason else None
+        stats = sequence.stats(finish_reason) if finish_reason else None
         self._send(sequence, EngineOutput(tuple(trace.emitted.tolist()), trace.draft_version, stats))
         if stats is not None:
             self._notify_finished(stats)
@@ -350,22 +350,6 @@ class Engine:
                 while len(self._kept) > self.config.keep_request_traces:
                     self._kept.popitem(last=False)
 
-    def _stats(self, sequence: _Sequence, finish_reason: str) -> RequestStats:
-        now = time.perf_counter()
-        state = sequence.state
-        return RequestStats(
-            finish_reason=finish_reason,
-            prompt_tokens=len(sequence.request.prompt_ids),
-            completion_tokens=state.num_generated if state is not None else 0,
-            verify_steps=state.steps if state is not None else 0,
-            proposed_tokens=sequence.proposed,
-            accepted_tokens=sequence.accepted,
-            draft_versions=tuple(sequence.versions),
-            queued_seconds=(sequence.admitted or now) - sequence.submitted,
-            first_token_seconds=None if sequence.first_token is None else sequence.first_token - sequence.submitted,
-            total_seconds=now - sequence.submitted,
-        )
-
     def _cancelled(self, sequence: _Sequence) -> None:
         reason = sequence.cancelled_as
         self._finish(sequence, reason, None if reason == "stop" else "the request was cancelled")
@@ -376,7 +360,7 @@ class Engine:
     def _finish(self, sequence: _Sequence, finish_reason: str, error: str | None) -> None:
         if sequence.ended:
             return
-        stats = self._stats(sequence, finish_reason)
+        stats = sequence.stats(finish_reason)
         self._send(sequence, EngineOutput((), None, stats, error))
         self._notify_finished(stats)
 

@@ -113,6 +113,23 @@ class _Sequence:
     cancelled_as: str = "cancelled"  # the finish reason a cancel reports
     ended: bool = False  # its final output went out; nothing may follow it
 
+    def stats(self, finish_reason: str) -> RequestStats:
+        """What this request cost and got, up to now, ending with ``finish_reason``."""
+        now = time.perf_counter()
+        state = self.state
+        return RequestStats(
+            finish_reason=finish_reason,
+            prompt_tokens=len(self.request.prompt_ids),
+            completion_tokens=state.num_generated if state is not None else 0,
+            verify_steps=state.steps if state is not None else 0,
+            proposed_tokens=self.proposed,
+            accepted_tokens=self.accepted,
+            draft_versions=tuple(self.versions),
+            queued_seconds=(self.admitted or now) - self.submitted,
+            first_token_seconds=None if self.first_token is None else self.first_token - self.submitted,
+            total_seconds=now - self.submitted,
+        )
+
 
 class RequestHandle:
     """The caller's side of a submitted request: its id and a way to cancel it."""
