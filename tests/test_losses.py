@@ -608,18 +608,58 @@ def test_expected_acceptance_loss_follows_each_traces_verification_rule():
     assert L.expected_acceptance_loss(logits, p, valid).item() == pytest.approx(-0.8)
 
 
+def trace_batch(p, valid, accept, weights, temperature=None) -> TraceBatch:
+    B, k, _ = p.shape
+    return TraceBatch(
+        context_ids=torch.zeros(B, 1, dtype=torch.long), context_mask=torch.ones(B, 1, dtype=torch.bool),
+        context_features=None, proposed=torch.zeros(B, k, dtype=torch.long), valid_mask=valid, accept_mask=accept,
+        behavior_logprobs=torch.zeros(B, k), target_probs=p,
+        temperature=torch.ones(B) if temperature is None else temperature, draft_version=torch.zeros(B, dtype=torch.long),
+        weights=weights, domains=[None] * B,
+    )  # fmt: skip
+
+
+# Trace 0 accepts 2 of 4, trace 1 none of 2, trace 2 its only proposal.
+TRACE_ACCEPT = torch.tensor([[T, T, F_, F_], [F_, F_, F_, F_], [T, F_, F_, F_]])
+
+
 def test_the_expected_acceptance_algorithm_trains_on_the_tested_loss(random_target_model):
     drafter = SmallLMDrafter(random_target_model)
     logits, p, valid = random_inputs(seed=23)
-    B, k, V = p.shape
-    batch = TraceBatch(
-        context_ids=torch.zeros(B, 1, dtype=torch.long), context_mask=torch.ones(B, 1, dtype=torch.bool),
-        context_features=None, proposed=torch.zeros(B, k, dtype=torch.long), valid_mask=valid,
-        accept_mask=torch.zeros(B, k, dtype=torch.bool), behavior_logprobs=torch.zeros(B, k), target_probs=p,
-        temperature=torch.tensor([0.0, 1.0] * (B // 2) + [1.0] * (B % 2)), draft_version=torch.zeros(B, dtype=torch.long),
-        weights=torch.ones(B), domains=[None] * B,
-    )  # fmt: skip
+    B = p.shape[0]
+    temperature = torch.tensor([0.0, 1.0] * (B // 2) + [1.0] * (B % 2))
+    batch = trace_batch(p, valid, torch.zeros_like(valid), torch.ones(B), temperature)
     algorithm = make_algorithm(drafter, AlgoConfig(name="expected_acceptance"))
     loss, _ = algorithm.loss(logits, batch)
     expected = L.expected_acceptance_loss(logits, p, valid, greedy=batch.temperature == 0)
     torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize(
+    "config, pure",
+    [
+        (AlgoConfig(name="accept_discard", lambda_discard=0.3),
+         lambda lg, p, b, w: L.accept_discard_loss(lg, p, b.proposed, b.accept_mask, b.valid_mask, 0.3, trace_weights=w)),
+        (AlgoConfig(name="accept_discard", lambda_discard=0.5, discard_term="unlikelihood"),
+         lambda lg, p, b, w: L.accept_discard_loss(lg, p, b.proposed, b.accept_mask, b.valid_mask, 0.5,
+                                                   discard_term="unlikelihood", trace_weights=w)),
+        (AlgoConfig(name="osd"), lambda lg, p, b, w: L.osd_loss(lg, p, b.accept_mask, b.valid_mask, trace_weights=w)),
+        (AlgoConfig(name="expected_acceptance"),
+         lambda lg, p, b, w: L.expected_acceptance_loss(lg, p, b.valid_mask, b.temperature == 0, trace_weights=w)),
+    ],
+    ids=["accept_discard", "accept_discard_unlikelihood", "osd", "expected_acceptance"],
+)  # fmt: skip
+def test_algorithms_train_on_the_pure_losses_and_trace_weights_mean_what_they_say(random_target_model, config, pure):
+    logits, p, valid = random_inputs(seed=5)
+    weights = torch.tensor([0.5, 2.0, 0.0])
+    batch = trace_batch(p, valid, TRACE_ACCEPT, weights)
+    loss, _ = make_algorithm(SmallLMDrafter(random_target_model), config).loss(logits, batch)
+    torch.testing.assert_close(loss, pure(logits, p, batch, weights))
+    # Equal weights are no weights; a zero weight drops the trace as if it were not there.
+    torch.testing.assert_close(pure(logits, p, batch, torch.full((3,), 4.0)), pure(logits, p, batch, None))
+    first_two = trace_batch(p[:2], valid[:2], TRACE_ACCEPT[:2], weights[:2])
+    torch.testing.assert_close(pure(logits, p, batch, weights), pure(logits[:2], p[:2], first_two, weights[:2]))
+    # Weight 2 on a trace is that trace counted twice.
+    doubled = trace_batch(p[[0, 1, 1]], valid[[0, 1, 1]], TRACE_ACCEPT[[0, 1, 1]], torch.ones(3))
+    torch.testing.assert_close(pure(logits[:2], p[:2], first_two, torch.tensor([1.0, 2.0])),
+                               pure(logits[[0, 1, 1]], p[[0, 1, 1]], doubled, None))  # fmt: skip

@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 
 from aurora_rl.algos.config import AlgoConfig
-from aurora_rl.algos.divergences import forward_kl, total_variation
+from aurora_rl.algos.divergences import forward_kl, total_variation, weighted_mean  # noqa: F401  (re-exported)
 from aurora_rl.core.batch import TraceBatch
 from aurora_rl.core.draft import DraftPolicy
 
@@ -32,18 +32,6 @@ class TrainableDraft(DraftPolicy, Protocol):
     def trainable(self) -> torch.nn.Module: ...
 
     def clone(self, version: int | None = None) -> "TrainableDraft": ...
-
-
-def weighted_mean(values: torch.Tensor, position_weight: torch.Tensor, trace_weight: torch.Tensor) -> torch.Tensor:
-    """``sum(values * w) / sum(position_weight * w)`` with per-trace weights ``w`` ``(B,)``.
-
-    ``values`` ``(B, k)`` already hold each position's weighted term (0 where unused);
-    ``position_weight`` ``(B, k)`` is that position's share of the denominator. An empty
-    denominator gives an exact 0.0 that still has a gradient path.
-    """
-    w = trace_weight.to(values.dtype)[:, None]
-    denominator = (position_weight.to(values.dtype) * w).sum()
-    return (values * w).sum() / denominator.clamp_min(1e-12) if denominator > 0 else (values * 0).sum()
 
 
 def context_cross_entropy(context_logits: torch.Tensor, batch: TraceBatch) -> torch.Tensor:

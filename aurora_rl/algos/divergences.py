@@ -47,6 +47,21 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return total / mask.sum().clamp_min(1)
 
 
+def weighted_mean(values: Tensor, position_weight: Tensor, trace_weights: Tensor | None = None) -> Tensor:
+    """``sum(values * w) / sum(position_weight * w)``, ``w`` the per-trace weights ``(B,)``
+    broadcast over positions (None = every trace weighs 1), as a 0-d tensor.
+
+    ``values`` (``(B,)`` per trace or ``(B, k)`` per position) already hold each term with its
+    weight (0.0 where unused); ``position_weight`` (same shape, bool or float) is each term's
+    share of the denominator. An empty denominator gives an exact 0.0 that keeps a gradient path.
+    """
+    if trace_weights is None:
+        trace_weights = torch.ones(values.shape[0], dtype=values.dtype, device=values.device)
+    w = trace_weights.to(values.dtype).reshape(-1, *[1] * (values.dim() - 1))
+    denominator = (position_weight.to(values.dtype) * w).sum()
+    return (values * w).sum() / denominator.clamp_min(1e-12) if denominator > 0 else (values * 0).sum()
+
+
 def check_reduction(reduction: str) -> None:
     """Raise ValueError unless ``reduction`` is one of ``REDUCTIONS``."""
     if reduction not in REDUCTIONS:

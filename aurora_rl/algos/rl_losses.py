@@ -18,7 +18,10 @@ Position sets, per trace with n accepted proposals:
 
 Every loss returns the mean over the positions it uses (each docstring says which and with
 what weights), or (B, k) per-position terms with ``reduction="none"`` (0.0 elsewhere). An
-empty selection gives an exact 0.0 with a (zero) gradient, never NaN.
+empty selection gives an exact 0.0 with a (zero) gradient, never NaN. Where a loss takes
+``trace_weights`` (B,), each trace's terms count that much in both the numerator and the
+denominator of the mean (the buffer down-weights stale traces); None weighs them all 1. The
+algorithms train on exactly these means.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 from torch import Tensor
 
 from aurora_rl.algos import divergences
-from aurora_rl.algos.divergences import check_reduction, masked_mean, reduce_positions, upcast
+from aurora_rl.algos.divergences import check_reduction, reduce_positions, upcast, weighted_mean
 
 DISCARD_TERMS = ("unlikelihood", "divergence")
 PG_MODES = ("ppo_clip", "truncated_is")
@@ -127,6 +130,7 @@ def accept_discard_loss(
     divergence: str = "forward_kl",
     discard_term: str = "divergence",
     reduction: str = "mean",
+    trace_weights: Tensor | None = None,
     **divergence_kw,
 ) -> Tensor:
     """Accepted proposals as positive feedback, discarded ones weighted by ``lambda_discard``.
@@ -178,8 +182,7 @@ def accept_discard_loss(
     values = torch.where(used, values, torch.zeros_like(values))
     if reduction == "none":
         return values
-    weight = accepted.sum() + lam * discard.sum()
-    return values.sum() / torch.where(weight > 0, weight, torch.ones_like(weight))
+    return weighted_mean(values, accepted.to(values.dtype) + lam * discard.to(values.dtype), trace_weights)
 
 
 def discard_positions_for(discard_term: str, accept_mask: Tensor, valid_mask: Tensor) -> Tensor:
@@ -197,6 +200,7 @@ def osd_loss(
     valid_mask: Tensor,
     divergence: str = "forward_kl",
     reduction: str = "mean",
+    trace_weights: Tensor | None = None,
     **divergence_kw,
 ) -> Tensor:
     """Online Speculative Decoding (Liu et al. 2023): distil only where the draft was wrong.
@@ -205,11 +209,13 @@ def osd_loss(
     those positions (at most one per trace); accepted positions and the never-judged ones
     after the rejection are ignored. A batch with no rejection gives an exact 0.0.
     """
+    check_reduction(reduction)
     check_masks(accept_mask, valid_mask)
     refused = first_rejected(accept_mask, valid_mask)
-    return divergences.divergence(
-        divergence, draft_logits, target_probs, refused, reduction=reduction, **divergence_kw
+    values = divergences.divergence(
+        divergence, draft_logits, target_probs, refused, reduction="none", **divergence_kw
     )
+    return values if reduction == "none" else weighted_mean(values, refused, trace_weights)
 
 
 def reward_to_go(accept_mask: Tensor, valid_mask: Tensor) -> Tensor:
@@ -297,6 +303,7 @@ def expected_acceptance_loss(
     valid_mask: Tensor,
     greedy: Tensor | None = None,
     reduction: str = "mean",
+    trace_weights: Tensor | None = None,
 ) -> Tensor:
     """-mean over traces of E[accepted length] / (#valid positions of the trace), in [-1, 0].
 
@@ -319,6 +326,5 @@ def expected_acceptance_loss(
     length = expected_accepted_length(alpha, valid_mask)
     n_valid = valid_mask.sum(-1)
     values = -length / n_valid.clamp_min(1)
-    if reduction == "none":
-        return torch.where(n_valid > 0, values, torch.zeros_like(values))
-    return masked_mean(values, n_valid > 0)
+    values = torch.where(n_valid > 0, values, torch.zeros_like(values))
+    return values if reduction == "none" else weighted_mean(values, n_valid > 0, trace_weights)

@@ -1,8 +1,9 @@
 """The algorithm zoo: each class maps a ``TraceBatch`` and draft logits to one loss.
 
-The math lives in ``divergences`` / ``rl_losses`` as pure functions; these classes only
-choose positions and weights. Per-trace weights (stale traces down-weighted by the
-buffer) scale each trace's contribution to both numerator and denominator.
+The math lives in ``divergences`` / ``rl_losses`` as pure functions, and these classes train
+on their means -- the ones the closed-form tests check -- passing the buffer's per-trace
+weights (stale traces down-weighted) as ``trace_weights``; they only choose the function
+and its arguments.
 """
 
 from __future__ import annotations
@@ -29,13 +30,11 @@ class AcceptDiscard(Algorithm):
     def loss(self, logits: torch.Tensor, batch: TraceBatch):
         c = self.config
         kw = {"beta": c.beta} if c.divergence == "jsd" else {}
-        values = L.accept_discard_loss(
-            logits, batch.target_probs, batch.proposed, batch.accept_mask, batch.valid_mask,
-            c.lambda_discard, divergence=c.divergence, discard_term=c.discard_term, reduction="none", **kw,
-        )
-        accepted = (batch.accept_mask & batch.valid_mask).float()
-        discard = L.discard_positions_for(c.discard_term, batch.accept_mask, batch.valid_mask).float()
-        return weighted_mean(values, accepted + c.lambda_discard * discard, batch.weights), {}
+        loss = L.accept_discard_loss(
+            logits, batch.target_probs, batch.proposed, batch.accept_mask, batch.valid_mask, c.lambda_discard,
+            divergence=c.divergence, discard_term=c.discard_term, trace_weights=batch.weights, **kw,
+        )  # fmt: skip
+        return loss, {}
 
 
 class OnlineSpeculativeDecoding(Algorithm):
@@ -44,9 +43,9 @@ class OnlineSpeculativeDecoding(Algorithm):
     def loss(self, logits: torch.Tensor, batch: TraceBatch):
         c = self.config
         kw = {"beta": c.beta} if c.divergence == "jsd" else {}
-        values = L.osd_loss(logits, batch.target_probs, batch.accept_mask, batch.valid_mask, c.divergence, reduction="none", **kw)
-        refused = L.first_rejected(batch.accept_mask, batch.valid_mask)
-        return weighted_mean(values, refused, batch.weights), {}
+        loss = L.osd_loss(logits, batch.target_probs, batch.accept_mask, batch.valid_mask, c.divergence,
+                          trace_weights=batch.weights, **kw)  # fmt: skip
+        return loss, {}
 
 
 class PolicyGradient(Algorithm):
@@ -76,12 +75,11 @@ class ExpectedAcceptance(Algorithm):
     (``expected_acceptance_loss``, under each trace's own verification rule), trace-weighted."""
 
     def loss(self, logits: torch.Tensor, batch: TraceBatch):
-        per_trace = L.expected_acceptance_loss(
-            logits, batch.target_probs, batch.valid_mask, greedy=batch.temperature == 0, reduction="none"
-        )  # (B,) minus each trace's expected acceptance rate
-        has_valid = batch.valid_mask.any(-1, keepdim=True)
-        loss = weighted_mean(per_trace[:, None] * has_valid, has_valid, batch.weights)
-        expected = -per_trace.detach() * batch.valid_mask.sum(-1)
+        greedy = batch.temperature == 0
+        loss = L.expected_acceptance_loss(logits, batch.target_probs, batch.valid_mask, greedy, trace_weights=batch.weights)
+        with torch.no_grad():  # minus each trace's expected acceptance rate, (B,)
+            per_trace = L.expected_acceptance_loss(logits, batch.target_probs, batch.valid_mask, greedy, reduction="none")
+        expected = -per_trace * batch.valid_mask.sum(-1)
         return loss, {"losses/expected_accepted": float(expected.mean())}
 
 
