@@ -64,9 +64,9 @@ def test_greedy_transform_is_one_hot_argmax():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"temperature": -0.5}, "temperature must be >= 0 (0 = greedy), got -0.5"),
-        ({"top_k": -1}, "top_k must be >= 0 (0 disables it), got -1"),
-        ({"top_p": 0.0}, "top_p must be in (0, 1] (1 disables it), got 0.0"),
+        ({"temperature": -0.5}, "temperature=-0.5 must be >= 0 (0 = greedy)"),
+        ({"top_k": -1}, "top_k=-1 must be >= 0 (0 = off)"),
+        ({"top_p": 0.0}, "top_p=0.0 must be in (0, 1] (1 = off)"),
     ],
 )
 def test_sampling_params_errors(kwargs, message):

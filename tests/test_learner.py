@@ -187,6 +187,12 @@ def test_snapshot_store_writes_complete_versions_atomically(tmp_path):
         ({"mode": "threads"}, "learner.mode must be 'sync' or 'async', got 'threads'"),
         ({"publish_every": 0}, "learner.publish_every must be >= 1, got 0"),
         ({"rollback_drop": 1.5}, "learner.rollback_drop must be in [0, 1), got 1.5"),
+        # the buffer's own checks, under the learner's keys
+        ({"buffer_capacity": 0}, "learner.buffer_capacity must be >= 1, got 0"),
+        ({"staleness_policy": "fifo"}, "learner.staleness_policy must be 'drop' or 'downweight', got 'fifo'"),
+        ({"max_staleness": -1}, "learner.max_staleness must be >= 0 or None, got -1"),
+        ({"heldout_fraction": 1.0}, "learner.heldout_fraction must be in [0, 1), got 1.0"),
+        ({"gate_traces": 0}, "learner.gate_traces must be >= 1, got 0"),
     ],
 )
 def test_learner_config_errors(kwargs, message):

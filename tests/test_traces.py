@@ -128,7 +128,7 @@ def test_buffer_skips_traces_without_proposals():
     "kwargs, message",
     [
         ({"capacity": 0}, "capacity must be >= 1, got 0"),
-        ({"policy": "fifo"}, "staleness policy must be 'drop' or 'downweight', got 'fifo'"),
+        ({"policy": "fifo"}, "policy must be 'drop' or 'downweight', got 'fifo'"),
         ({"heldout_fraction": 1.0}, "heldout_fraction must be in [0, 1), got 1.0"),
     ],
 )

@@ -75,7 +75,11 @@ def test_arms_batch_requests_through_the_engine_without_changing_their_output(tm
     [
         ("algo.nme=pg", "bad config key 'algo.nme': Key 'nme' not in 'AlgoConfig'. Did you mean: 'name'?"),
         ("decode.k=0", "decode.k=0 must be >= 1 (proposals per verify step)"),
+        ("decode.top_p=0", "decode.top_p=0.0 must be in (0, 1] (1 = off)"),
         ("traffic.schedule=random", "traffic.schedule='random' is not one of mixed, ordered, drift"),
+        ("traffic.concurrency=0", "traffic.concurrency=0 must be >= 1"),
+        ("offline.updates=0", "offline.updates=0 must be >= 1"),
+        ("learner.buffer_capacity=0", "learner.buffer_capacity must be >= 1, got 0"),
         ("learner.gate_margin=abc", "bad config key 'learner.gate_margin': Value 'abc' of type 'str' could not be converted to Float"),
         ("algo.lambda_discard=-1", "algo.lambda_discard must be >= 0, got -1.0"),
         ("world.target=/no/such/model", "world.target='/no/such/model' does not exist: give an existing local path"),

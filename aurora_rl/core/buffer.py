@@ -55,14 +55,17 @@ class TraceBuffer:
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        # Each message starts with its argument's name: LearnerConfig renames it to its own key.
         if policy not in ("drop", "downweight"):
-            raise ValueError(f"staleness policy must be 'drop' or 'downweight', got {policy!r}")
+            raise ValueError(f"policy must be 'drop' or 'downweight', got {policy!r}")
         if max_staleness is not None and max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0 or None, got {max_staleness}")
         if not 0.0 <= heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
         if not 0.0 < stale_decay <= 1.0:
             raise ValueError(f"stale_decay must be in (0, 1], got {stale_decay}")
+        if heldout_capacity < 1:
+            raise ValueError(f"heldout_capacity must be >= 1, got {heldout_capacity}")
         self.capacity = capacity
         self.max_staleness = max_staleness
         self.policy = policy

@@ -28,14 +28,13 @@ class SamplingParams:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
+        # "field=value must ..." so a config section can name its own key: "decode.top_k=-1 must ...".
         if not self.temperature >= 0.0:
-            raise ValueError(
-                f"temperature must be >= 0 (0 = greedy), got {self.temperature}"
-            )
+            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 = off)")
         if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p}")
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 = off)")
 
     @property
     def greedy(self) -> bool:

@@ -187,20 +187,19 @@ class DecodeConfig:
     record_target_probs: bool = True
 
     def __post_init__(self) -> None:
+        # "field=value must ..." so a config section can name its own key: "decode.k=0 must ...".
         if self.k < 1:
-            raise ValueError(f"k (proposals per step) must be >= 1, got {self.k}")
+            raise ValueError(f"k={self.k} must be >= 1 (proposals per verify step)")
         if self.explore_temperature is not None and not self.explore_temperature > 0:
-            raise ValueError(
-                f"explore_temperature must be > 0 or None, got {self.explore_temperature}"
-            )
+            raise ValueError(f"explore_temperature={self.explore_temperature} must be > 0 or None")
         if self.trace_topk is not None and self.trace_topk < 1:
-            raise ValueError(f"trace_topk must be >= 1 or None (full), got {self.trace_topk}")
+            raise ValueError(f"trace_topk={self.trace_topk} must be >= 1 or null (full vocabulary)")
         if self.draft_confidence is not None and not 0.0 < self.draft_confidence < 1.0:
-            raise ValueError(f"draft_confidence must be in (0, 1) or None, got {self.draft_confidence}")
+            raise ValueError(f"draft_confidence={self.draft_confidence} must be in (0, 1) or null")
         if self.controller is not None and self.draft_confidence is not None:
             raise ValueError(
-                "draft_confidence and a controller both decide when drafting stops: give one "
-                "(the 'confidence' controller applies a fixed threshold)"
+                f"draft_confidence={self.draft_confidence} and a controller both decide when drafting stops: give "
+                "one (the 'confidence' controller applies a fixed threshold)"
             )
 
     def trace_topk_for(self, vocab_size: int) -> int | None:

@@ -43,6 +43,11 @@ logger = logging.getLogger(__name__)
 
 
 
+# TraceBuffer's arguments, by the learner keys that set them.
+_BUFFER_KEYS = {"capacity": "buffer_capacity", "max_staleness": "max_staleness", "policy": "staleness_policy",
+                "heldout_fraction": "heldout_fraction", "heldout_capacity": "gate_traces"}  # fmt: skip
+
+
 @dataclass
 class LearnerConfig:
     mode: str = documented("'sync' (deterministic lockstep with decoding) or 'async' (background thread)", "sync")
@@ -67,12 +72,14 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "async"):
             raise ValueError(f"learner.mode must be 'sync' or 'async', got {self.mode!r}")
-        counts = ("train_every", "updates_per_round", "publish_every", "min_traces", "buffer_capacity", "gate_traces")
+        counts = ("train_every", "updates_per_round", "publish_every", "min_traces")
         check_ranges(self, "learner", [(name, lambda v: v < 1, ">= 1") for name in counts])
-        if self.staleness_policy not in ("drop", "downweight"):
-            raise ValueError(f"learner.staleness_policy must be 'drop' or 'downweight', got {self.staleness_policy!r}")
+        try:  # the buffer owns the ranges of its settings; this section only names its keys
+            self._buffer(self.heldout_fraction)
+        except ValueError as error:
+            argument, _, rule = str(error).partition(" ")
+            raise ValueError(f"learner.{_BUFFER_KEYS[argument]} {rule}") from None
         check_ranges(self, "learner", [
-            ("heldout_fraction", lambda v: not 0.0 <= v < 1.0, "in [0, 1)"),
             ("rollback_drop", lambda v: not 0.0 <= v < 1.0, "in [0, 1)"),
             ("async_busy_fraction", lambda v: not 0.0 < v <= 1.0, "in (0, 1]"),
             ("max_passes", lambda v: not v > 0, "> 0"),
@@ -80,13 +87,12 @@ class LearnerConfig:
         ])  # fmt: skip
 
     def make_buffer(self) -> TraceBuffer:
-        return TraceBuffer(
-            capacity=self.buffer_capacity,
-            max_staleness=self.max_staleness,
-            policy=self.staleness_policy,
-            heldout_fraction=self.heldout_fraction if self.gate else 0.0,
-            heldout_capacity=self.gate_traces,
-        )
+        """The trace buffer of these settings (a held-out share only when the gate reads it)."""
+        return self._buffer(self.heldout_fraction if self.gate else 0.0)
+
+    def _buffer(self, heldout_fraction: float) -> TraceBuffer:
+        return TraceBuffer(capacity=self.buffer_capacity, max_staleness=self.max_staleness, policy=self.staleness_policy,
+                           heldout_fraction=heldout_fraction, heldout_capacity=self.gate_traces)  # fmt: skip
 
 
 class Learner:

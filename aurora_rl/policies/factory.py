@@ -55,6 +55,8 @@ class DrafterSection:
         "reach this, else the learned draft's", 1.0)
 
     def __post_init__(self) -> None:
+        if self.pretrain_steps < 1:
+            raise ValueError(f"drafter.pretrain_steps={self.pretrain_steps} must be >= 1")
         if self.draft_vocab_size < 0:
             raise ValueError(f"drafter.draft_vocab_size={self.draft_vocab_size} must be >= 0 (0 = the full vocabulary)")
         if not self.hybrid_min_suffix_score > 0:

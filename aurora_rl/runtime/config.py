@@ -19,6 +19,20 @@ from aurora_rl.policies.controller_factory import CONTROLLERS
 from aurora_rl.policies.suffix import SuffixConfig
 from aurora_rl.settings import ConfigError, documented
 from aurora_rl.world.precision import PRECISIONS
+from aurora_rl.world.traffic import SCHEDULES
+
+
+def check_schedule(key: str, schedule: str) -> None:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"{key}={schedule!r} is not one of {', '.join(SCHEDULES)}")
+
+
+def check_counts(section: str, obj, names) -> None:
+    """``<section>.<name>=<value> must be >= 1`` for the first of ``names`` below 1 (None passes)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{section}.{name}={value} must be >= 1")
 
 
 @dataclass
@@ -52,6 +66,10 @@ class TrafficSection:
         "requests in flight at once, advanced together in one batched engine step (the server's path); "
         "1 = one request at a time, the latency-bound case speculative decoding is for", 1)
 
+    def __post_init__(self) -> None:
+        check_schedule("traffic.schedule", self.schedule)
+        check_counts("traffic", self, ("num_requests", "num_phases", "max_new_tokens", "concurrency"))
+
 
 @dataclass
 class DecodeSection:
@@ -78,18 +96,10 @@ class DecodeSection:
         "controller=learned without controller_policy: PPO env steps (draft decisions) of its training", 6144)
 
     def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"decode.k={self.k} must be >= 1 (proposals per verify step)")
-        if not self.temperature >= 0:
-            raise ValueError(f"decode.temperature={self.temperature} must be >= 0 (0 = greedy)")
-        if self.top_k < 0:
-            raise ValueError(f"decode.top_k={self.top_k} must be >= 0 (0 = off)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"decode.top_p={self.top_p} must be in (0, 1] (1 = off)")
-        if self.trace_topk is not None and self.trace_topk < 1:
-            raise ValueError(f"decode.trace_topk={self.trace_topk} must be >= 1 or null (full vocabulary)")
-        if self.draft_confidence is not None and not 0 < self.draft_confidence < 1:
-            raise ValueError(f"decode.draft_confidence={self.draft_confidence} must be in (0, 1) or null")
+        try:  # the decode rule owns its ranges; this section only names its keys
+            self.to_decode_config()
+        except ValueError as error:
+            raise ValueError(f"decode.{error}") from None
         if self.controller not in CONTROLLERS:
             raise ValueError(f"decode.controller={self.controller!r} is not one of {', '.join(CONTROLLERS)}")
         if self.draft_confidence is not None and self.controller not in ("fixed", "confidence", "refit"):

@@ -14,8 +14,7 @@ from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.policies.factory import LEARNED_KINDS, MODEL_FREE_KINDS, DrafterSection
 from aurora_rl.online.learner import LearnerConfig
 # The sections the serve CLI shares live below both CLIs; re-exported for old imports.
-from aurora_rl.runtime.config import DecodeSection, TrafficSection, WorldSection, check_suffix_depth  # noqa: F401
-from aurora_rl.world.traffic import SCHEDULES
+from aurora_rl.runtime.config import DecodeSection, TrafficSection, WorldSection, check_counts, check_schedule, check_suffix_depth  # noqa: F401
 from aurora_rl.settings import ConfigError, check_paths, documented, parse_overrides, to_yaml  # noqa: F401  (to_yaml re-exported)
 from aurora_rl.settings import describe as describe_fields
 
@@ -45,6 +44,10 @@ class OfflineSection:
     domains: list[str] | None = documented("offline arm: domains of that collection (null = drafter.pretrain_domains: the traffic seen before deployment)", None)
     schedule: str = documented("offline arm: traffic schedule of that collection", "mixed")
     updates: int = documented("offline arm: optimizer steps on the collected traces", 400)
+
+    def __post_init__(self) -> None:
+        check_schedule("offline.schedule", self.schedule)
+        check_counts("offline", self, ("num_requests", "updates"))
 
 
 @dataclass
@@ -82,16 +85,6 @@ def validate(cfg: TrainConfig) -> None:
     unknown = [arm for arm in cfg.arms if arm not in ARMS]
     if unknown or not cfg.arms:
         raise ConfigError(f"arms={cfg.arms}: each arm must be one of {', '.join(ARMS)}")
-    if cfg.traffic.schedule not in SCHEDULES:
-        raise ConfigError(f"traffic.schedule={cfg.traffic.schedule!r} is not one of {', '.join(SCHEDULES)}")
-    if cfg.offline.schedule not in SCHEDULES:
-        raise ConfigError(f"offline.schedule={cfg.offline.schedule!r} is not one of {', '.join(SCHEDULES)}")
-    for key, value in [("traffic.num_requests", cfg.traffic.num_requests), ("traffic.max_new_tokens", cfg.traffic.max_new_tokens),
-                       ("traffic.concurrency", cfg.traffic.concurrency),
-                       ("offline.num_requests", cfg.offline.num_requests), ("offline.updates", cfg.offline.updates),
-                       ("drafter.pretrain_steps", cfg.drafter.pretrain_steps)]:
-        if value < 1:
-            raise ConfigError(f"{key}={value} must be >= 1")
     if cfg.decode.controller_policy and not Path(cfg.decode.controller_policy).expanduser().is_dir():
         raise ConfigError(f"decode.controller_policy={cfg.decode.controller_policy!r} is not a directory: give a saved policy, or null to train one")
     if cfg.decode.k >= cfg.traffic.max_new_tokens:
