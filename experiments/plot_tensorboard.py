@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if ax.lines:
             ax.legend(fontsize=7)
     for ax in axes.flat:
-        ax.set_xlabel("update" if ax.get_title().startswith("learner") else "request")
+        ax.set_xlabel("global step (verify steps decoded)")
     fig.suptitle(f"TensorBoard scalars of {Path(args.run_dir).name}")
     fig.tight_layout()
     out = Path(args.out) if args.out else Path(args.run_dir) / "dashboard.png"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aurora_rl.train.__main__ import main
 from aurora_rl.train.config import DEFAULT_ARMS, ConfigError, load_config
@@ -51,6 +52,16 @@ def test_entry_point_runs_every_arm_and_writes_the_run_directory(tmp_path):
     assert "num_requests: 10" in resolved and "name: tiny" in resolved
     assert (run / "accepted_length.png").stat().st_size > 10_000
     assert "tau = accepted length" in result.stdout
+    # One x-axis: requests and learner updates are logged at the arm's global step (verify steps).
+    events = EventAccumulator(str(run / "tensorboard" / "online_scratch"), size_guidance={"scalars": 0}).Reload()
+    request_steps = [e.step for e in events.Scalars("spec/accepted_length")]
+    update_steps = [e.step for e in events.Scalars("learner/version")]
+    total_steps = round(sum(online["per_request_tokens"]) / online["accepted_length"])
+    assert len(request_steps) == 10 and request_steps == sorted(set(request_steps)) and request_steps[-1] == total_steps
+    assert len(update_steps) == online["updates"] + online["rejected_updates"]
+    # one trace per engine step (concurrency 1): sync rounds run exactly every train_every=16 traces
+    assert update_steps == sorted(update_steps) and all(step % 16 == 0 for step in update_steps)
+    assert 16 <= update_steps[0] and update_steps[-1] <= total_steps
 
 
 def test_arms_batch_requests_through_the_engine_without_changing_their_output(tmp_path):

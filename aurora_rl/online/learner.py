@@ -132,7 +132,9 @@ class Learner:
         self.idle_waits = 0  # async rounds that found nothing to do (no traces, or no new ones)
         self.last_gate: GateDecision | None = None
         self.error: str | None = None
-        self.metrics: deque[dict[str, float]] = deque(maxlen=10_000)
+        self.traces_observed = 0  # every trace decoding handed in: the driver's global step
+        # (traces observed when it ran, metrics) of each update not yet taken by take_metrics()
+        self.metrics: deque[tuple[int, dict[str, float]]] = deque(maxlen=10_000)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one round at a time
@@ -175,6 +177,7 @@ class Learner:
         buffer gets the trace with the target's own bonus token as one more position
         (``with_target_token``), so steps a draft-length controller kept short -- or skipped
         -- still teach the draft."""
+        self.traces_observed += 1  # only the decode thread writes it
         view = getattr(self.live.current, "learning_view", None)
         if view is not None:
             trace = view(trace, on_policy_only=self.needs_exploration)
@@ -216,8 +219,16 @@ class Learner:
             except Exception:  # a learner bug must never reach decoding
                 self.error = traceback.format_exc()
                 logger.error("learner crashed; serving continues with version %d:\n%s", self.live.version, self.error)
-        self.metrics.extend(produced)
+        self.metrics.extend((self.traces_observed, metrics) for metrics in produced)
         return produced
+
+    def take_metrics(self) -> list[tuple[int, dict[str, float]]]:
+        """The (global step, metrics) of every update since the last call, oldest first; the
+        global step is ``traces_observed`` when the update ran (sync or async alike)."""
+        taken = []
+        while self.metrics:
+            taken.append(self.metrics.popleft())
+        return taken
 
     def publish(self) -> dict[str, float]:
         """Gate the trained copy against the live draft; publish it as the next version if it passes."""

@@ -3,7 +3,11 @@
     submit requests while fewer than ``traffic.concurrency`` are in flight
     engine.step()                       # one batched speculative step (1..N rows)
     learner round when ``train_every`` traces have arrived (sync mode)
-    record the requests that finished
+    record the learner's updates and the requests that finished, at the global step
+
+The global step counts verify steps (traces) over the whole arm, as CleanRL counts env steps:
+every TensorBoard scalar -- per request, per learner update (sync or async) -- is logged
+against it, so all curves of a run share one x-axis.
 
 The arms decode through :class:`~aurora_rl.runtime.engine.Engine` exactly as the server does,
 so an arm's tokens/s is the server's. Wall-clock is measured per engine step and shared
@@ -58,7 +62,7 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
     requests = {request.request_id: request for request in stream.requests}
     seconds = dict.fromkeys(requests, 0.0)
     waiting = deque(stream.requests)
-    traces_seen, learner_seconds = 0, 0.0
+    global_step, learner_seconds = 0, 0.0
 
     def sink_of(request_id: str):
         def sink(output: EngineOutput) -> None:  # called inside engine.step(): record after it
@@ -86,28 +90,28 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
             recorder.step(trace)
             if learning is not None:
                 learning.observe(trace)
-        rounds_due = (traces_seen + len(step_traces)) // cfg.learner.train_every - traces_seen // cfg.learner.train_every
-        traces_seen += len(step_traces)
+        rounds_due = (global_step + len(step_traces)) // cfg.learner.train_every - global_step // cfg.learner.train_every
+        global_step += len(step_traces)
         step_traces.clear()
-        if learner is not None and cfg.learner.mode == "sync":
-            for _ in range(rounds_due):
-                t0 = time.perf_counter()
-                first = learner.updates
-                recorder.learner(learning.train_round(), first)
-                learner_seconds += time.perf_counter() - t0
+        if learner is not None:
+            if cfg.learner.mode == "sync":
+                for _ in range(rounds_due):
+                    t0 = time.perf_counter()
+                    learning.train_round()
+                    learner_seconds += time.perf_counter() - t0
+            recorder.learner(learner.take_metrics())  # async: what the thread did meanwhile
         for request_id, output in finished:
             if output.stats.finish_reason == "error":
                 raise RuntimeError(f"arm {arm}: request {request_id} failed: {output.error}")
             recorder.request(requests[request_id], output.stats, seconds[request_id], version(),
-                             buffer.stats() if buffer else None)
+                             buffer.stats() if buffer else None, global_step)
             bar.update()
             bar.set_postfix(tau=f"{output.stats.accepted_length:.2f}", version=version(), refresh=False)
         finished.clear()
     bar.close()
     if learning is not None:
         learning.stop()
-        if cfg.learner.mode == "async":
-            recorder.learner(list(learner.metrics), 0)
+        recorder.learner(learner.take_metrics())
 
     extra = {
         "mode": mode,

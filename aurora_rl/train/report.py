@@ -2,7 +2,8 @@
 
 Algorithms return metrics; this is the only place that writes them (SB3's logger idea).
 Tags: ``spec/*`` (acceptance), ``charts/*`` (speed, versions, buffer), ``losses/*`` and
-``update/*`` / ``learner/*`` (learning).
+``update/*`` / ``learner/*`` (learning). Every scalar's step is the arm's global step: verify
+steps (traces) decoded so far.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class ArmRecorder:
             self.position_judged[i] += judged
             self.position_accepted[i] += bool(trace.accept_mask[i])
 
-    def request(self, request: Request, stats: RequestStats, decode_seconds: float, version: int, buffer: BufferStats | None) -> None:
+    def request(self, request: Request, stats: RequestStats, decode_seconds: float, version: int,
+                buffer: BufferStats | None, global_step: int) -> None:  # fmt: skip
         row = {
             "index": request.index,
             "domain": request.domain,
@@ -49,7 +51,7 @@ class ArmRecorder:
             "version": version,
         }
         self.requests.append(row)
-        i = request.index
+        i = global_step
         w = self.writer
         w.add_scalar("spec/accepted_length", stats.accepted_length, i)
         w.add_scalar(f"spec/accepted_length_by_domain/{request.domain}", stats.accepted_length, i)
@@ -59,15 +61,16 @@ class ArmRecorder:
             w.add_scalar("charts/buffer_size", buffer.size, i)
             w.add_scalar("charts/buffer_mean_staleness", buffer.mean_staleness, i)
             w.add_scalar("charts/buffer_dropped", buffer.dropped_full + buffer.dropped_stale, i)
-        if i % 10 == 9:
+        if len(self.requests) % 10 == 0:
             for pos, (judged, accepted) in enumerate(zip(self.position_judged, self.position_accepted)):
                 if judged:
                     w.add_scalar(f"spec/accept_rate_at_position/{pos}", accepted / judged, i)
 
-    def learner(self, metrics: list[dict[str, float]], first_step: int) -> None:
-        for offset, row in enumerate(metrics):
-            for tag, value in row.items():
-                self.writer.add_scalar(tag, value, first_step + offset)
+    def learner(self, updates: list[tuple[int, dict[str, float]]]) -> None:
+        """Each update's metrics at the global step it ran at (``Learner.take_metrics``)."""
+        for global_step, metrics in updates:
+            for tag, value in metrics.items():
+                self.writer.add_scalar(tag, value, global_step)
 
     def summary(self, extra: dict) -> dict:
         """Accepted length (tokens per verify step) overall and per traffic phase, tokens/s."""
