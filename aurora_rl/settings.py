@@ -57,6 +57,14 @@ def check_ranges(obj, section: str, rules) -> None:
             raise ValueError(f"{section}.{name} must be {rule}, got {value}")
 
 
+def check_counts(section: str, obj, names) -> None:
+    """``<section>.<name>=<value> must be >= 1`` for the first of ``names`` below 1 (None passes)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{section}.{name}={value} must be >= 1")
+
+
 def looks_like_path(value: str) -> bool:
     """A local path (``./x``, ``/x``, ``~/x``, ``a/b/c``) rather than a hub id (``org/name``)."""
     return value.startswith((".", "/", "~")) or os.sep in value and value.count("/") != 1

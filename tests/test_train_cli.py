@@ -10,6 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aurora_rl.train.__main__ import main
+from aurora_rl.policies.factory import DrafterSection
 from aurora_rl.train.config import DEFAULT_ARMS, ConfigError, load_config
 
 TINY_RUN = [
@@ -126,3 +127,16 @@ def test_help_lists_every_key_with_its_meaning(capsys):
 @pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     load_config(["--config", str(path)])
+
+
+def test_the_drafter_section_says_what_its_kind_needs(tmp_path):
+    assert DrafterSection(kind="eagle", eagle_layers=[2, -1]).hidden_layers == (2, -1)
+    assert DrafterSection().hidden_layers == () and DrafterSection().pretraining_problem(external_target=False) is None
+    assert DrafterSection(kind="eagle").pretraining_problem(external_target=True) is None  # learns from the target
+    with pytest.raises(ConfigError) as error:
+        load_config([f"world.target={tmp_path}"])
+    assert str(error.value) == (
+        "world.target is an external model, so the world's drafter pretraining does not fit its vocabulary: set "
+        "drafter.path to a small causal LM sharing its tokenizer, or use arms=[online_scratch]"
+    )
+    assert load_config([f"world.target={tmp_path}", "arms=[online_scratch]"]).world.target == str(tmp_path)

@@ -35,7 +35,7 @@ from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.target import Target
 from aurora_rl.policies.checkpoint import read_manifest
 from aurora_rl.policies.eagle import EagleDrafter
-from aurora_rl.policies.small_lm import SmallLMDrafter
+from aurora_rl.policies.factory import load_drafter
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def load_snapshot(path: str | Path, version: int, kind: str, target: Target) -> 
             f"{path} holds a {manifest.get('kind')!r} drafter but this server serves {kind!r} drafters "
             f"(start the follower with drafter.kind={manifest.get('kind')})"
         )
-    policy = EagleDrafter.from_pretrained(path, target) if kind == "eagle" else SmallLMDrafter.from_pretrained(path)
+    policy = load_drafter(path, target)
     if policy.vocab_size != target.vocab_size:
         raise UnusableSnapshot(f"{path} proposes over {policy.vocab_size} tokens, the target's vocabulary has {target.vocab_size}")
     with torch.no_grad():

@@ -23,7 +23,7 @@ from aurora_rl.policies.pretrained import DRAFTER_TRAINING, DrafterRecipe, pretr
 from aurora_rl.policies.prompt_lookup import PromptLookupConfig, PromptLookupDrafter
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.policies.suffix import SuffixConfig, SuffixDrafter
-from aurora_rl.settings import documented
+from aurora_rl.settings import check_counts, documented
 from aurora_rl.world import World
 
 LEARNED_KINDS = ("small_lm", "eagle")
@@ -55,12 +55,25 @@ class DrafterSection:
         "reach this, else the learned draft's", 1.0)
 
     def __post_init__(self) -> None:
-        if self.pretrain_steps < 1:
-            raise ValueError(f"drafter.pretrain_steps={self.pretrain_steps} must be >= 1")
+        check_counts("drafter", self, ("pretrain_steps",))
         if self.draft_vocab_size < 0:
             raise ValueError(f"drafter.draft_vocab_size={self.draft_vocab_size} must be >= 0 (0 = the full vocabulary)")
         if not self.hybrid_min_suffix_score > 0:
             raise ValueError(f"drafter.hybrid_min_suffix_score={self.hybrid_min_suffix_score} must be > 0")
+
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        """The target hidden states a drafter of this kind reads (the ``Target`` must expose them)."""
+        return tuple(self.eagle_layers) if self.kind == "eagle" else ()
+
+    def pretraining_problem(self, external_target: bool) -> str | None:
+        """Why this drafter cannot be pretrained for the target, or None: a small LM is
+        pretrained on the world's text in the world's tokenizer, which an external target
+        does not share (an EAGLE head learns from the target itself)."""
+        if external_target and self.kind == "small_lm" and not self.path:
+            return ("world.target is an external model, so the world's drafter pretraining does not fit its "
+                    "vocabulary: set drafter.path to a small causal LM sharing its tokenizer")  # fmt: skip
+        return None
 
 
 def scratch_drafter(spec: DrafterSection, target: Target, world: World, seed: int, tokenizer=None) -> DraftPolicy:

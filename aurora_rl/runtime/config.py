@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aurora_rl.core.fp16_weights import TARGET_WEIGHTS
+from aurora_rl.core.fp16_weights import TARGET_WEIGHTS, apply_target_weights
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.spec import DecodeConfig
+from aurora_rl.core.target import Target, load_model_and_tokenizer
 from aurora_rl.policies.controller_factory import CONTROLLERS
 from aurora_rl.policies.suffix import SuffixConfig
-from aurora_rl.settings import ConfigError, documented
+from aurora_rl.settings import ConfigError, check_counts, documented
+from aurora_rl.world import World, get_world
 from aurora_rl.world.precision import PRECISIONS
 from aurora_rl.world.traffic import SCHEDULES
 
@@ -25,14 +27,6 @@ from aurora_rl.world.traffic import SCHEDULES
 def check_schedule(key: str, schedule: str) -> None:
     if schedule not in SCHEDULES:
         raise ValueError(f"{key}={schedule!r} is not one of {', '.join(SCHEDULES)}")
-
-
-def check_counts(section: str, obj, names) -> None:
-    """``<section>.<name>=<value> must be >= 1`` for the first of ``names`` below 1 (None passes)."""
-    for name in names:
-        value = getattr(obj, name)
-        if value is not None and value < 1:
-            raise ValueError(f"{section}.{name}={value} must be >= 1")
 
 
 @dataclass
@@ -52,6 +46,14 @@ class WorldSection:
             raise ValueError(f"world.precision={self.precision!r}: choose one of {list(PRECISIONS)} or null")
         if self.target_weights not in TARGET_WEIGHTS:
             raise ValueError(f"world.target_weights={self.target_weights!r}: choose one of {list(TARGET_WEIGHTS)}")
+
+    def load(self, hidden_layers: tuple[int, ...] = (), progress: bool = True) -> tuple[World, Target, object]:
+        """The world, the target both CLIs verify with -- the world's, or ``target``'s model --
+        on the configured weights and exposing ``hidden_layers`` (what the drafter reads:
+        ``DrafterSection.hidden_layers``), and that target's tokenizer."""
+        world = get_world(self.name, cache_dir=self.cache_dir, progress=progress, precision=self.precision)
+        model, tokenizer = load_model_and_tokenizer(self.target) if self.target else (world.target(), world.tokenizer())
+        return world, Target(apply_target_weights(model, self.target_weights), hidden_layers), tokenizer
 
 
 @dataclass

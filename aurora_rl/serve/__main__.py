@@ -36,8 +36,6 @@ import numpy as np
 import torch
 
 from aurora_rl.algos.eagle_pretrain import eagle_pretrainer
-from aurora_rl.core.fp16_weights import apply_target_weights
-from aurora_rl.core.target import Target, load_model_and_tokenizer
 from aurora_rl.envs.controller_setup import configured_controller
 from aurora_rl.policies import factory
 from aurora_rl.serve.config import describe, load_config, to_yaml
@@ -45,7 +43,6 @@ from aurora_rl.settings import config_from_cli
 from aurora_rl.runtime import http
 from aurora_rl.runtime.config import TrafficSection
 from aurora_rl.runtime.server import build_server
-from aurora_rl.world import get_world
 
 API_KEY_ENV = "AURORA_RL_API_KEY"
 
@@ -65,12 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(cfg.torch_threads)
 
     # Target, tokenizer and the draft it starts with.
-    world = get_world(cfg.world.name, cache_dir=cfg.world.cache_dir, progress=cfg.progress, precision=cfg.world.precision)
-    if cfg.world.target:
-        model, tokenizer = load_model_and_tokenizer(cfg.world.target)
-    else:
-        tokenizer, model = world.tokenizer(), world.target()
-    target = Target(apply_target_weights(model, cfg.world.target_weights), tuple(cfg.drafter.eagle_layers) if cfg.drafter.kind == "eagle" else ())
+    world, target, tokenizer = cfg.world.load(cfg.drafter.hidden_layers, cfg.progress)
     pretrain_eagle = eagle_pretrainer(cfg.drafter, world, target, tokenizer, cfg.seed, cfg.world.cache_dir, cfg.progress)
 
     def static_draft():

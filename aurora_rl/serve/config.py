@@ -88,11 +88,9 @@ def validate(cfg: ServeConfig) -> None:
     if cfg.decode.k >= cfg.server.max_tokens:
         raise ConfigError(f"decode.k={cfg.decode.k} must be < server.max_tokens={cfg.server.max_tokens}")
     check_paths(cfg, ("world.target", "drafter.path"))
-    if cfg.world.target and cfg.draft == "pretrained" and cfg.drafter.kind == "small_lm" and not cfg.drafter.path:
-        raise ConfigError(
-            "world.target is an external model, so the world's drafter pretraining does not fit its vocabulary: "
-            "set drafter.path to a small causal LM sharing its tokenizer, or use draft=scratch"
-        )
+    problem = cfg.drafter.pretraining_problem(external_target=bool(cfg.world.target))
+    if problem and cfg.draft == "pretrained":
+        raise ConfigError(f"{problem}, or use draft=scratch")
 
 
 

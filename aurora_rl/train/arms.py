@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from aurora_rl.algos.eagle_pretrain import eagle_pretrainer
-from aurora_rl.core.fp16_weights import apply_target_weights
-from aurora_rl.core.target import Target, eos_token_ids, load_model_and_tokenizer
+from aurora_rl.core.target import Target, eos_token_ids
 from aurora_rl.envs.controller_setup import configured_controller
 from aurora_rl.online.rounds import finetune_offline
 from aurora_rl.policies import factory
 from aurora_rl.policies.factory import MODEL_FREE_KINDS
 from aurora_rl.train.config import ARMS, TrainConfig
-from aurora_rl.world import World, get_world
+from aurora_rl.world import World
 from aurora_rl.world.traffic import make_traffic
 
 
@@ -42,13 +41,8 @@ class Setting:
 def build_setting(cfg: TrainConfig) -> Setting:
     """The world, its (or ``world.target``'s) target with the configured weights and the
     hidden layers an EAGLE drafter reads, and the tokenizer."""
-    world = get_world(cfg.world.name, cache_dir=cfg.world.cache_dir, progress=cfg.progress, precision=cfg.world.precision)
-    hidden_layers = tuple(cfg.drafter.eagle_layers) if cfg.drafter.kind == "eagle" else ()
-    if cfg.world.target:
-        model, tokenizer = load_model_and_tokenizer(cfg.world.target)
-    else:
-        tokenizer, model = world.tokenizer(), world.target()
-    return Setting(cfg, world, Target(apply_target_weights(model, cfg.world.target_weights), hidden_layers), tokenizer)
+    world, target, tokenizer = cfg.world.load(cfg.drafter.hidden_layers, cfg.progress)
+    return Setting(cfg, world, target, tokenizer)
 
 
 def pretrained(s: Setting):

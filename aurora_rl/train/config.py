@@ -14,8 +14,8 @@ from aurora_rl.algos.config import AlgoConfig
 from aurora_rl.policies.factory import LEARNED_KINDS, MODEL_FREE_KINDS, DrafterSection
 from aurora_rl.online.learner import LearnerConfig
 # The sections the serve CLI shares live below both CLIs; re-exported for old imports.
-from aurora_rl.runtime.config import DecodeSection, TrafficSection, WorldSection, check_counts, check_schedule, check_suffix_depth  # noqa: F401
-from aurora_rl.settings import ConfigError, check_paths, documented, parse_overrides, to_yaml  # noqa: F401  (to_yaml re-exported)
+from aurora_rl.runtime.config import DecodeSection, TrafficSection, WorldSection, check_schedule, check_suffix_depth  # noqa: F401
+from aurora_rl.settings import ConfigError, check_counts, check_paths, documented, parse_overrides, to_yaml  # noqa: F401  (to_yaml re-exported)
 from aurora_rl.settings import describe as describe_fields
 
 ARMS = {
@@ -94,11 +94,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"drafter.kind={cfg.drafter.kind!r} is not one of {', '.join(LEARNED_KINDS)}{hint}")
     check_suffix_depth(cfg.drafter.suffix, cfg.decode.k)
     check_paths(cfg, ("world.target", "drafter.path", "traffic.source"))
-    if cfg.world.target and not cfg.drafter.path and any(ARMS[a][1] == "pretrained" for a in cfg.arms) and cfg.drafter.kind == "small_lm":  # noqa: E501
-        raise ConfigError(
-            "world.target is an external model, so the world's drafter pretraining does not fit its "
-            "vocabulary: set drafter.path to a small causal LM sharing its tokenizer, or use arms=[online_scratch]"
-        )
+    problem = cfg.drafter.pretraining_problem(external_target=bool(cfg.world.target))
+    if problem and any(ARMS[a][1] == "pretrained" for a in cfg.arms):
+        raise ConfigError(f"{problem}, or use arms=[online_scratch]")
 
 
 def load_config(argv: list[str]) -> TrainConfig:
