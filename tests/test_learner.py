@@ -12,6 +12,8 @@ from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target
 from aurora_rl.policies.small_lm import SmallLMDrafter
 from aurora_rl.online.learner import Learner, LearnerConfig
+from aurora_rl.online.learning import OnlineLearning
+from aurora_rl.runtime.config import DecodeSection
 from aurora_rl.online.publish import LivePolicy
 from aurora_rl.online.snapshots import SnapshotStore
 from conftest import make_llama
@@ -198,3 +200,13 @@ def test_snapshot_store_writes_complete_versions_atomically(tmp_path):
 def test_learner_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         LearnerConfig(**kwargs)
+
+
+def test_only_a_consumer_turns_on_the_target_distributions_in_traces():
+    decode = DecodeSection(temperature=0.5).to_decode_config()
+    assert decode.record_target_probs is False  # a static arm, learn=false, a follower: no softmax and copy
+    live = LivePolicy(SmallLMDrafter(make_llama(vocab=64, hidden=16, layers=1, seed=0)))
+    learning = OnlineLearning(live, AlgoConfig(name="pg"), LearnerConfig(), pad_id=0, seed=0)
+    learned = learning.decode_config(decode)
+    assert learned.record_target_probs is True and learned.explore_temperature == AlgoConfig(name="pg").explore_temperature
+    assert learned.sampling == decode.sampling

@@ -127,7 +127,8 @@ class DraftLengthEnv(gym.Env):
             raise ValueError(f"the cost model covers k <= {self.cost.max_k}, below max_draft={max_draft}")
         self.prompt_ids = [tokenizer(p)["input_ids"] for p in dataset["prompt"]]
         self.domains = list(dataset["domain"]) if "domain" in dataset.column_names else [""] * len(self.prompt_ids)
-        self.config = DecodeConfig(k=max_draft, sampling=SamplingParams(temperature, top_k, top_p))
+        # Rewards come from what the target accepted; nothing reads its distributions.
+        self.config = DecodeConfig(k=max_draft, sampling=SamplingParams(temperature, top_k, top_p), record_target_probs=False)
         self.max_draft, self.max_new_tokens, self.cost_batch = max_draft, max_new_tokens, cost_batch
         eos = tokenizer.eos_token_id
         self.eos_token_ids = () if eos is None else (eos,)

@@ -63,8 +63,11 @@ class OnlineLearning:
         return self.learner.monitor
 
     def decode_config(self, decode: DecodeConfig) -> DecodeConfig:
-        """``decode`` as this learner needs it: an algorithm that learns from sampled
-        proposals (e.g. PG) gets the configured exploration temperature unless one is set."""
+        """``decode`` as this learner needs it: traces that carry the target's distributions
+        (the losses, the gate and the rollback monitor read them), and, for an algorithm that
+        learns from sampled proposals (e.g. PG), the configured exploration temperature unless
+        one is set."""
+        decode = replace(decode, record_target_probs=True)
         if self.learner.needs_exploration and decode.explore_temperature is None:
             return replace(decode, explore_temperature=self.algo.explore_temperature)
         return decode

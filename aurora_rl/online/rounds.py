@@ -57,6 +57,7 @@ def train_rounds(
     algorithm, whose ``policy`` is the trained ``drafter`` (trained in place).
     """
     algorithm = make_algorithm(drafter, algo)
+    decode = dataclasses.replace(decode, record_target_probs=True)  # the losses read the target's distributions
     if algorithm.needs_exploration:
         decode = dataclasses.replace(decode, explore_temperature=algo.explore_temperature)
     collector = SpeculativeDecoder(target, drafter, decode, eos)

@@ -116,10 +116,15 @@ class DecodeSection:
             raise ValueError(f"decode.controller_policy is only read by decode.controller=learned (got {self.controller})")
 
     def to_decode_config(self, explore_temperature: float | None = None, controller=None) -> DecodeConfig:
-        """The decode rule; ``controller`` is the arm's built controller (None = fixed k)."""
+        """The decode rule; ``controller`` is the arm's built controller (None = fixed k).
+
+        Its traces carry no target distributions: only a consumer turns them on
+        (``OnlineLearning.decode_config`` for a learner; the server for kept request traces),
+        so a static arm, a server with learn=false and a follower skip that softmax and copy."""
         sampling = SamplingParams(self.temperature, self.top_k, self.top_p)
         confidence = self.draft_confidence if controller is None else None
-        return DecodeConfig(self.k, sampling, explore_temperature, self.trace_topk, confidence, controller)
+        return DecodeConfig(self.k, sampling, explore_temperature, self.trace_topk, confidence, controller,
+                            record_target_probs=False)  # fmt: skip
 
 
 def check_suffix_depth(suffix: SuffixConfig, k: int) -> None:

@@ -15,7 +15,7 @@ or, following another process's learner (``snapshots.follow``)::
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import FastAPI
 from transformers import PreTrainedTokenizerBase
@@ -103,6 +103,8 @@ def build_server(
         logger.warning("snapshots %s: %s", store.directory, resumed)
     if learning is not None:
         decode = learning.decode_config(decode)
+    if engine.keep_request_traces:  # kept for inspection: whole traces, the target's distributions too
+        decode = replace(decode, record_target_probs=True)
     eos = eos_token_ids(tokenizer)
     decode_engine = Engine(target, live, decode, eos, engine, seed)
     metrics = ServingMetrics(decode.k, decode_engine, live, learning, follower, store)

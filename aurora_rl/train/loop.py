@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import replace
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -48,9 +47,9 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
     learning = OnlineLearning(live, cfg.algo, cfg.learner, s.pad_id, cfg.seed, accelerator=accelerator) if mode == "online" else None
     learner = learning.learner if learning else None
     buffer = learning.buffer if learning else None
-    decode = cfg.decode.to_decode_config(None, controller)
-    # Only a learner reads the target's distributions: other arms skip computing them.
-    decode = replace(learning.decode_config(decode) if learning else decode, record_target_probs=learning is not None)
+    decode = cfg.decode.to_decode_config(None, controller)  # records no target distributions ...
+    if learning is not None:
+        decode = learning.decode_config(decode)  # ... unless a learner reads them, as in the server
     in_flight = cfg.traffic.concurrency
     engine = Engine(s.target, live, decode, s.eos, EngineSection(max_active=in_flight, max_batch=in_flight, max_queue=in_flight))
     recorder = ArmRecorder(run_dir, arm, stream.phases, cfg.decode.k)
