@@ -6,6 +6,7 @@ check them without running anything.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from aurora_rl.algos import AlgoConfig, make_algorithm
 from aurora_rl.algos import losses as L
 from aurora_rl.core.batch import TraceBatch
+from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.policies.small_lm import SmallLMDrafter
 
 T, F_ = True, False
@@ -663,3 +665,25 @@ def test_algorithms_train_on_the_pure_losses_and_trace_weights_mean_what_they_sa
     doubled = trace_batch(p[[0, 1, 1]], valid[[0, 1, 1]], TRACE_ACCEPT[[0, 1, 1]], torch.ones(3))
     torch.testing.assert_close(pure(logits[:2], p[:2], first_two, torch.tensor([1.0, 2.0])),
                                pure(logits[[0, 1, 1]], p[[0, 1, 1]], doubled, None))  # fmt: skip
+
+
+def test_expected_acceptance_trains_on_alpha_under_the_rule_each_verdict_used(random_target_model):
+    # One position, q = [.6, .4], p = [.7, .3]. At temperature 0.5 both square and renormalise:
+    # q' = [.36, .16] / .52, p' = [.49, .09] / .58, so alpha = min summed = .36/.52 + .09/.58.
+    logits = torch.tensor([0.6, 0.4]).log().view(1, 1, 2).requires_grad_()
+    p = torch.tensor([0.7, 0.3]).view(1, 1, 2)
+    valid = torch.tensor([[T]])
+    batch = dataclasses.replace(trace_batch(p, valid, torch.tensor([[F_]]), torch.ones(1)),
+                                temperature=torch.tensor([0.5]), samplings=(SamplingParams(0.5),))  # fmt: skip
+    algorithm = make_algorithm(SmallLMDrafter(random_target_model), AlgoConfig(name="expected_acceptance"))
+    loss, _ = algorithm.loss(logits, batch)
+    assert loss.item() == pytest.approx(-(0.36 / 0.52 + 0.09 / 0.58), abs=1e-6)
+    # At temperature 1 the rule changes nothing: alpha = .6 + .3.
+    plain = dataclasses.replace(batch, temperature=torch.tensor([1.0]), samplings=(SamplingParams(1.0),))
+    assert algorithm.loss(logits, plain)[0].item() == pytest.approx(-0.9, abs=1e-6)
+    # top-k = 1 keeps one token on both sides (q' = p' = [1, 0]): alpha = 1, and the gradient
+    # through the cut-off token is zero, not NaN.
+    top1 = dataclasses.replace(batch, temperature=torch.tensor([1.0]), samplings=(SamplingParams(1.0, top_k=1),))
+    loss, _ = algorithm.loss(logits, top1)
+    loss.backward()
+    assert loss.item() == pytest.approx(-1.0) and torch.isfinite(logits.grad).all()

@@ -72,13 +72,15 @@ class PolicyGradient(Algorithm):
 
 class ExpectedAcceptance(Algorithm):
     """Maximise the differentiable expected accepted length sum_i prod_{j<=i} alpha_j
-    (``expected_acceptance_loss``, under each trace's own verification rule), trace-weighted."""
+    (``expected_acceptance_loss``), trace-weighted, with alpha under each trace's own
+    verification rule: greedy, or sampled with its temperature, top-k and top-p."""
 
     def loss(self, logits: torch.Tensor, batch: TraceBatch):
         greedy = batch.temperature == 0
-        loss = L.expected_acceptance_loss(logits, batch.target_probs, batch.valid_mask, greedy, trace_weights=batch.weights)
+        draft, target = batch.under_sampling_rules(logits)  # alpha as each verdict computed it
+        loss = L.expected_acceptance_loss(draft, target, batch.valid_mask, greedy, trace_weights=batch.weights)
         with torch.no_grad():  # minus each trace's expected acceptance rate, (B,)
-            per_trace = L.expected_acceptance_loss(logits, batch.target_probs, batch.valid_mask, greedy, reduction="none")
+            per_trace = L.expected_acceptance_loss(draft, target, batch.valid_mask, greedy, reduction="none")
         expected = -per_trace * batch.valid_mask.sum(-1)
         return loss, {"losses/expected_accepted": float(expected.mean())}
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from aurora_rl.core.sampling import SamplingParams
+from aurora_rl.core.sampling import SamplingParams, logits_under, probs_from_logits
 from aurora_rl.core.trace import Trace, dense_probs
 
 
@@ -54,6 +54,24 @@ class TraceBatch:
         if self.samplings:
             return list(self.samplings)
         return [SamplingParams(t) for t in self.temperature.tolist()]
+
+    def under_sampling_rules(self, draft_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(draft_logits, target_probs)`` ``(B, k, V)`` as each row's verdict compared them:
+        rows decoded with a sampled rule get both through it (the draft's logits as
+        ``logits_under`` them, the target's distribution as ``probs_from_logits``); greedy rows
+        keep the stored ones (raw draft logits, the temperature-1 target). Gradients flow to
+        ``draft_logits`` through every token the rule keeps."""
+        rules = self.sampling_rules()
+        sampled = {rule for rule in rules if not rule.greedy}
+        if not sampled or all(rule == SamplingParams(1.0) for rule in sampled):  # nothing to change
+            return draft_logits, self.target_probs
+        draft, target = draft_logits.float().clone(), self.target_probs.clone()
+        target_logits = self.target_probs.clamp_min(1e-30).log()
+        for rule in sampled:  # rows decoded under the same rule together
+            rows = torch.tensor([r == rule for r in rules], device=draft.device)
+            draft[rows] = logits_under(draft_logits[rows], rule)
+            target[rows] = probs_from_logits(target_logits[rows], rule)
+        return draft, target
 
     def __len__(self) -> int:
         return self.proposed.shape[0]

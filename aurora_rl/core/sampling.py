@@ -50,13 +50,23 @@ def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
     Greedy returns the one-hot argmax (the zero-temperature limit), so callers can treat
     both modes uniformly. Computed in float32 whatever the model dtype.
     """
-    logits = logits.float()
     if params.greedy:
+        logits = logits.float()
         return torch.zeros_like(logits).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+    return logits_under(logits, params).softmax(-1)
+
+
+def logits_under(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Raw logits ``(..., V)`` as a sampled rule sees them, float32: divided by the temperature,
+    ``-inf`` outside top-k / top-p. Their softmax is what decoding samples from; unlike its log,
+    they carry a finite gradient to every kept token (the losses train through them)."""
+    if params.greedy:
+        raise ValueError("logits_under is for a sampled rule; greedy decoding keeps only the argmax")
+    logits = logits.float()
     # Shift by the maximum before dividing: the softmax is the same, and a tiny temperature
     # (1e-40) sends the others to -inf and the maximum to 0 instead of overflowing to
     # inf - inf = NaN. Below float32's range the division runs in float64.
-    shifted = logits - logits.amax(-1, keepdim=True)
+    shifted = logits - logits.amax(-1, keepdim=True).detach()
     if params.temperature < torch.finfo(torch.float32).tiny:
         logits = (shifted.double() / params.temperature).float()
     else:
@@ -73,4 +83,4 @@ def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
         drop_sorted = mass_before >= params.top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    return logits.softmax(-1)
+    return logits

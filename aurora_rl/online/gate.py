@@ -16,7 +16,6 @@ import torch
 
 from aurora_rl.algos.rl_losses import pg_positions
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.sampling import probs_from_logits
 
 
 @dataclass(frozen=True)
@@ -32,14 +31,10 @@ def acceptance_score(policy, batch: TraceBatch) -> tuple[float, int]:
     """Mean per-position acceptance chance of ``policy`` on the judged positions of ``batch``."""
     logits = policy.trainable(batch).float()
     judged = pg_positions(batch.accept_mask, batch.valid_mask)
-    score = (logits.argmax(-1) == batch.target_probs.argmax(-1)).float()  # greedy rows
-    target_logits = batch.target_probs.clamp_min(1e-30).log()
-    rules = batch.sampling_rules()
-    for rule in set(rules) - {r for r in rules if r.greedy}:  # rows sampled under the same rule together
-        rows = torch.tensor([r == rule for r in rules])
-        q = probs_from_logits(logits[rows], rule)
-        p = probs_from_logits(target_logits[rows], rule)
-        score[rows] = torch.minimum(p, q).sum(-1)
+    greedy = torch.tensor([rule.greedy for rule in batch.sampling_rules()])[:, None]
+    draft, target = batch.under_sampling_rules(logits)
+    score = torch.where(greedy, (logits.argmax(-1) == batch.target_probs.argmax(-1)).float(),  # picks agree
+                        torch.minimum(draft.softmax(-1), target).sum(-1))  # sampled: sum_x min(p, q) # fmt: skip
     count = int(judged.sum())
     return (float(score[judged].mean()) if count else 0.0), count
 
