@@ -70,6 +70,7 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
         return sink
 
     if learning is not None:
+        engine.add_trace_listener(learning.observe)  # as the server wires it
         learning.start()  # async: the learner thread; sync: rounds below, between engine steps
     bar = tqdm(total=len(waiting), desc=arm, disable=not cfg.progress, unit="req")
     while waiting or engine.busy:
@@ -87,8 +88,6 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
         for trace in step_traces:
             seconds[trace.request_id] += step_seconds / len(step_traces)
             recorder.step(trace)
-            if learning is not None:
-                learning.observe(trace)
         rounds_due = (global_step + len(step_traces)) // cfg.learner.train_every - global_step // cfg.learner.train_every
         global_step += len(step_traces)
         step_traces.clear()
