@@ -3,6 +3,8 @@ train == serve features, and PPO (stable-baselines3) beating fixed k on modelled
 
 import copy
 
+import datasets
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -76,6 +78,11 @@ def test_same_seed_gives_the_same_episode_and_vector_copies_share_one_target(par
                        drafter=drafter, cost_model=COST, max_draft=MAX_DRAFT, max_new_tokens=MAX_NEW)
     obs, _ = vec.reset(seed=0)
     assert obs.shape == (2, 6) and vec.envs[0].unwrapped.target is vec.envs[1].unwrapped.target
+    # A loaded prompt set is shared as it is: the env draws its episodes from exactly those prompts.
+    prompts = datasets.Dataset.from_dict({"prompt": ["SELECT name FROM"], "domain": ["sql"]})
+    env = make(parts, prompts=prompts)
+    _, info = env.reset(seed=0)
+    assert info["prompt_domain"] == "sql" and env.prompt_ids == [tokenizer("SELECT name FROM")["input_ids"]]
     vec.step(np.array([CONTINUE, VERIFY]))
 
 

@@ -53,9 +53,11 @@ def learned_policy(
     if (directory / "controller.json").is_file():
         return TinyPolicy.load(directory)
 
+    prompts = world.dataset("heldout")  # loaded once: the env copies share it, the target and the drafter
+
     def make_env() -> DraftLengthEnv:
         return DraftLengthEnv(world=world.name, target=target, tokenizer=tokenizer, drafter=drafter, cost_model=cost,
-                              max_draft=max_k, max_new_tokens=max_new_tokens, cache_dir=cache_dir)
+                              prompts=prompts, max_draft=max_k, max_new_tokens=max_new_tokens, cache_dir=cache_dir)
 
     policy = train_policy(make_env, settings, progress=progress, meta={"world": world.name, "drafter": drafter_tag})
     partial = directory.with_name(f"{key}.{os.getpid()}.partial")

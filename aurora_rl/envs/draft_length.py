@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import datasets
 import gymnasium as gym
 import numpy as np
 import torch
@@ -60,8 +61,10 @@ class DraftLengthEnv(gym.Env):
     (width ``n + 1``, exactly 1 at ``n = 0``). A step's reward is thus ``emitted -
     token_cost(n)`` and an episode's return is the tokens gained over the target alone in
     the same modelled time (0 = as fast, > 0 faster). ``info`` of a verify step carries
-    ``num_proposed``, ``num_accepted``, ``emitted_tokens``, ``step_cost`` and, at the end,
-    ``goodput`` (tokens per modelled second) and ``speedup`` (over the target alone).
+    ``num_proposed``, ``num_accepted``, ``emitted_tokens``, ``step_cost``, and
+    ``forced_plain_steps: 1`` when the token budget then left no room for a proposal (a
+    plain target step was taken on the spot); at the end, ``goodput`` (tokens per modelled
+    second), ``speedup`` (over the target alone) and ``tokens`` (emitted this episode).
 
     ## Starting State
 
@@ -83,7 +86,9 @@ class DraftLengthEnv(gym.Env):
       and drafter, cached). ``cost_batch``: the batch size whose costs are charged.
     - ``max_draft``: most proposals per step. ``max_new_tokens``: the token budget.
     - ``temperature``, ``top_k``, ``top_p``: the target's decoding rule (0 = greedy).
-    - ``prompts``: a prompt source instead of the world's held-out split.
+    - ``prompts``: a prompt source instead of the world's held-out split (anything
+      :func:`~aurora_rl.world.traffic.load_prompts` takes, a loaded ``datasets.Dataset``
+      too: with ``target``, ``tokenizer`` and ``drafter`` given, an env loads nothing).
 
     ## Version History
 
@@ -99,7 +104,7 @@ class DraftLengthEnv(gym.Env):
         tokenizer: PreTrainedTokenizerBase | None = None,
         drafter: DraftPolicy | None = None,
         cost_model: CostModel | None = None,
-        prompts: str | Path | None = None,
+        prompts: datasets.Dataset | str | Path | None = None,
         max_draft: int = 8,
         max_new_tokens: int = 64,
         temperature: float = 0.0,
@@ -116,7 +121,7 @@ class DraftLengthEnv(gym.Env):
             sources = load_env_sources(world, None, prompts, cache_dir)
             target, tokenizer, dataset = sources.model, sources.tokenizer, sources.prompts
         else:
-            dataset = load_prompts(prompts or get_world(world, cache_dir=cache_dir), split="heldout")
+            dataset = load_prompts(prompts if prompts is not None else get_world(world, cache_dir=cache_dir), split="heldout")
         self.target = target if isinstance(target, Target) else Target(target)
         self.tokenizer = tokenizer
         if drafter is None:

@@ -66,17 +66,20 @@ class TrafficStream:
         return iter(self.requests)
 
 
-def load_prompts(source: World | str | os.PathLike, split: str = "heldout") -> datasets.Dataset:
-    """A prompt dataset with columns domain, prompt, reference from any of four sources.
+def load_prompts(source: World | datasets.Dataset | str | os.PathLike, split: str = "heldout") -> datasets.Dataset:
+    """A prompt dataset with columns domain, prompt, reference from any of five sources.
 
     Args:
         source: a `World`; a world name ("tiny", "default"); a local `.jsonl` or `.parquet`
-            file; or a Hugging Face dataset id (needs a network or a local HF cache).
+            file; a Hugging Face dataset id (needs a network or a local HF cache); or an
+            already loaded `datasets.Dataset` (returned as it is, so env copies share one).
         split: the world split ("train" / "heldout") or the HF split ("train", "test", ...);
             ignored for local files.
 
     Only `prompt` is required; a missing `domain` becomes "default", a missing `reference` "".
     """
+    if isinstance(source, datasets.Dataset):
+        return source
     if isinstance(source, World):
         return source.dataset(split)
     if isinstance(source, str) and source in RECIPES:
