@@ -259,8 +259,11 @@ def test_a_row_failing_inside_a_batched_step_fails_alone(models):
     target, draft = models
     requests = [GenerationRequest(name, p, 24) for name, p in zip(["a", "bad", "b"], prompts(3, seed=4))]
     failing = FailingCommits(draft, requests[1].prompt_ids, fail_at=3)
-    engine = Engine(target, failing, DecodeConfig(k=3), [EOS], EngineSection(max_active=4))
-    collected = collect(engine, requests)
+    step, sizes = recording_step()
+    engine = Engine(target, failing, DecodeConfig(k=3), [EOS], EngineSection(max_active=4), step=step)
+    collected = drive(engine, requests)  # no worker: all three are in every step until "bad" fails
+    # the third commit of "bad" came in the third step, a batched one of all three; it ran without "bad" after
+    assert sizes[:3] == [3, 3, 3] and max(sizes[3:]) <= 2
     assert collected["bad"][-1].error == "decoding failed: FloatingPointError: simulated NaN distribution"
     assert collected["bad"][-1].stats.finish_reason == "error"
     alone = SpeculativeDecoder(target, draft, DecodeConfig(k=3), [EOS])
