@@ -1,4 +1,5 @@
-"""Imports point downward only (ARCHITECTURE.md): checked by scanning every module's imports."""
+"""Imports point downward only (DEVELOPERS.md, "Layers"): checked by scanning every module's
+imports, relative ones resolved to the package they name."""
 
 import ast
 from pathlib import Path
@@ -37,13 +38,22 @@ FORBIDDEN = {
 
 def imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
+    # "from .x import y" in aurora_rl/world/build.py is aurora_rl.world.x
+    package = ["aurora_rl", *path.relative_to(PACKAGE).parent.parts]
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
             names.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - (node.level - 1)]
+            names.add(".".join(base + ([node.module] if node.module else [])))
     return names
+
+
+def test_relative_imports_resolve_to_the_package_they_name():
+    assert "aurora_rl.world.lm_training" in imported_modules(PACKAGE / "world" / "recipe.py")
 
 
 def layer_of(module: str) -> str | None:
@@ -88,3 +98,18 @@ def test_the_old_serving_names_still_import_with_a_deprecation_warning():
 
     assert old.Engine is Engine
     assert importlib.import_module("aurora_rl.serving.publish").LivePolicy is LivePolicy
+
+
+@pytest.mark.parametrize(
+    "old, new, name",
+    [("aurora_rl.train.rounds", "aurora_rl.online.rounds", "train_rounds"),
+     ("aurora_rl.train.controllers", "aurora_rl.policies.controller_factory", "build_controller")],
+)  # fmt: skip
+def test_moved_train_modules_still_import_with_a_deprecation_warning(old, new, name):
+    import importlib
+    import sys
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: import {new}"):
+        module = importlib.import_module(old)
+    assert getattr(module, name) is getattr(importlib.import_module(new), name)
