@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aurora_rl.core.batch import TraceBatch
-from aurora_rl.core.buffer import TraceBuffer
+from aurora_rl.online.buffer import TraceBuffer
 from aurora_rl.core.generate import SpeculativeDecoder
 from aurora_rl.core.spec import DecodeConfig
 from aurora_rl.core.target import Target

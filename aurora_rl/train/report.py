@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-from aurora_rl.core.buffer import BufferStats
+from aurora_rl.online.buffer import BufferStats
 from aurora_rl.core.trace import Trace
 from aurora_rl.runtime.engine import RequestStats
 from aurora_rl.world.traffic import Phase, Request
