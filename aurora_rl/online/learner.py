@@ -31,9 +31,9 @@ from typing import Callable
 import torch
 
 from aurora_rl.algos import AlgoConfig, make_algorithm
-from aurora_rl.online.buffer import TraceBuffer
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.trace import Trace, with_target_token
+from aurora_rl.online.buffer import TraceBuffer
 from aurora_rl.online.gate import GateDecision, gate
 from aurora_rl.online.monitor import SwapMonitor
 from aurora_rl.online.publish import LivePolicy

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from transformers import PreTrainedTokenizerBase
+
 from aurora_rl.core.fp16_weights import TARGET_WEIGHTS, apply_target_weights
 from aurora_rl.core.sampling import SamplingParams
 from aurora_rl.core.spec import DecodeConfig
@@ -47,7 +49,7 @@ class WorldSection:
         if self.target_weights not in TARGET_WEIGHTS:
             raise ValueError(f"world.target_weights={self.target_weights!r}: choose one of {list(TARGET_WEIGHTS)}")
 
-    def load(self, hidden_layers: tuple[int, ...] = (), progress: bool = True) -> tuple[World, Target, object]:
+    def load(self, hidden_layers: tuple[int, ...] = (), progress: bool = True) -> tuple[World, Target, PreTrainedTokenizerBase]:
         """The world, the target both CLIs verify with -- the world's, or ``target``'s model --
         on the configured weights and exposing ``hidden_layers`` (what the drafter reads:
         ``DrafterSection.hidden_layers``), and that target's tokenizer."""
