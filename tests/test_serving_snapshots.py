@@ -11,12 +11,14 @@ import shutil
 
 import httpx
 import pytest
+import torch
 
 from aurora_rl.core.target import Target
 from aurora_rl.runtime.follow import SnapshotFollower
 from aurora_rl.online.learner import LearnerConfig
 from aurora_rl.online.publish import LivePolicy
-from aurora_rl.online.snapshots import SnapshotStore
+from aurora_rl.online.snapshots import SnapshotStore, UnusableSnapshot, load_snapshot, relative_change, weights_of
+from aurora_rl.policies.eagle import EagleDrafter
 from serving_harness import complete, metric, noisy_drafter, serving, tiny, tiny_server, wait_for
 
 PROMPTS = ["def fibonacci(n):\n", "SELECT name FROM", "The river ran quietly through the", "User: hello\nAssistant:"]
@@ -161,3 +163,19 @@ def test_the_learner_idles_without_new_traffic(tmp_path):
     added = server.learning.buffer.added_for_training
     assert updates + learner.rejected_updates == learner.batches_drawn == int(added * 2.0 / 32)  # 2 passes of 32-trace batches
     assert updates > 0
+
+
+def test_snapshot_checks_read_each_kinds_own_weights(tmp_path):
+    """The non-finite check and the follower's change guard look at a drafter's own weights:
+    a small LM's model, an EAGLE head (not the target it reads)."""
+    _, model = tiny()
+    target = Target(model, hidden_layers=(-1,))
+    small, head = noisy_drafter(model, scale=0.2, seed=1, version=1), EagleDrafter.from_target(target, seed=0)
+    assert relative_change(small, small) == 0.0 and relative_change(head, head) == 0.0
+    assert relative_change(noisy_drafter(model, scale=0.2, seed=2), small) > 0
+    assert relative_change(head, small) == float("inf")  # different weights altogether
+    with torch.no_grad():
+        next(weights_of(small).parameters()).view(-1)[0] = float("nan")
+    small.save_pretrained(tmp_path / "v000001")
+    with pytest.raises(UnusableSnapshot, match=re.escape("has non-finite weights: ['model.model.embed_tokens.weight']")):
+        load_snapshot(tmp_path / "v000001", 1, "small_lm", Target(model))

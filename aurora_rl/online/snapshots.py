@@ -34,7 +34,6 @@ import torch
 from aurora_rl.core.draft import DraftPolicy
 from aurora_rl.core.target import Target
 from aurora_rl.policies.checkpoint import read_manifest
-from aurora_rl.policies.eagle import EagleDrafter
 from aurora_rl.policies.factory import load_drafter
 
 logger = logging.getLogger(__name__)
@@ -81,8 +80,9 @@ def read_latest(directory: str | Path) -> Latest | None:
 
 
 def weights_of(policy: DraftPolicy) -> torch.nn.Module:
-    """The module holding a drafter's own weights (an EAGLE head's, not the target's)."""
-    return policy.head if isinstance(policy, EagleDrafter) else policy.model
+    """The module holding a drafter's own weights: the one a learner optimises (an EAGLE
+    head's parameters, not the target's), whatever the drafter's kind."""
+    return policy.trainable
 
 
 def load_snapshot(path: str | Path, version: int, kind: str, target: Target) -> DraftPolicy:
