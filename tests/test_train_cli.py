@@ -45,6 +45,9 @@ def test_entry_point_runs_every_arm_and_writes_the_run_directory(tmp_path):
         assert [p["label"] for p in r["phases"]] == ["code", "prose", "math", "sql", "chat"]
         assert list((run / "tensorboard" / arm).glob("events.out.tfevents.*"))
     online = summary["arms"]["online_scratch"]
+    # wall clock by proposals per step: target_only never proposes; a drafting arm's steps are split by k
+    assert list(summary["arms"]["target_only"]["step_ms_by_k"]) == ["0"]
+    assert all(0 <= int(k) <= 4 and ms > 0 for k, ms in online["step_ms_by_k"].items()) and len(online["step_ms_by_k"]) > 1
     assert online["versions_published"] >= 1 and online["updates"] > 0 and online["learner_state"] == "idle"
     assert summary["arms"]["static"]["versions_published"] == 0
     hybrid = summary["arms"]["online_pretrained+suffix"]

@@ -87,7 +87,7 @@ def run_arm(s: Setting, arm: str, stream: TrafficStream, run_dir: Path, accelera
         step_seconds = time.perf_counter() - t0
         for trace in step_traces:
             seconds[trace.request_id] += step_seconds / len(step_traces)
-            recorder.step(trace)
+            recorder.step(trace, step_seconds / len(step_traces))
         rounds_due = (global_step + len(step_traces)) // cfg.learner.train_every - global_step // cfg.learner.train_every
         global_step += len(step_traces)
         step_traces.clear()

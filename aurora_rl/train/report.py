@@ -29,8 +29,13 @@ class ArmRecorder:
         self.requests: list[dict] = []
         self.position_judged = [0] * k
         self.position_accepted = [0] * k
+        self.seconds_by_k: dict[int, list[float]] = {}  # proposals -> [steps, wall-clock seconds]
 
-    def step(self, trace: Trace) -> None:
+    def step(self, trace: Trace, seconds: float) -> None:
+        """One verify step's trace and its share of the engine step's wall clock."""
+        tally = self.seconds_by_k.setdefault(trace.num_proposed, [0, 0.0])
+        tally[0] += 1
+        tally[1] += seconds
         for i in range(trace.num_proposed):
             judged = i <= trace.num_accepted  # accepted ones and the first rejected one
             self.position_judged[i] += judged
@@ -94,6 +99,8 @@ class ArmRecorder:
             **aggregate(self.requests),
             "phases": phases,
             "accept_rate_at_position": [a / j if j else None for a, j in zip(self.position_accepted, judged)],
+            # what a step that proposed k tokens cost, in wall-clock ms: why tokens/s is what it is
+            "step_ms_by_k": {str(k): 1e3 * seconds / steps for k, (steps, seconds) in sorted(self.seconds_by_k.items())},
             **extra,
             "per_request_accepted_length": [r["accepted_length"] for r in self.requests],
             "per_request_tokens": [r["tokens"] for r in self.requests],
